@@ -1,0 +1,71 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+)
+
+// Version is the qchain version, set at build time with -ldflags.
+var Version = "dev"
+
+// exitError carries a process exit code with an optional message.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string {
+	if e.err == nil {
+		return ""
+	}
+	return e.err.Error()
+}
+
+func exitCode(code int, err error) error { return &exitError{code: code, err: err} }
+
+// NewApp builds the qchain command tree writing to stdout and stderr.
+func NewApp(stdout, stderr io.Writer) *cli.App {
+	app := &cli.App{
+		Name:                   "qchain",
+		Usage:                  "inspect and manage qcow2 image chains and snapshots without libvirt",
+		Version:                Version,
+		Writer:                 stdout,
+		ErrWriter:              stderr,
+		HideHelpCommand:        true,
+		UseShortOptionHandling: true,
+		ExitErrHandler:         func(*cli.Context, error) {},
+		Commands: []*cli.Command{
+			infoCommand(),
+			mapCommand(),
+			checkCommand(),
+			compareCommand(),
+			exportCommand(),
+		},
+	}
+	return app
+}
+
+// Run runs the command line and returns the process exit code. Errors are
+// printed as one line on stderr.
+func Run(args []string, stdout, stderr io.Writer) int {
+	app := NewApp(stdout, stderr)
+	err := app.Run(args)
+	if err == nil {
+		return 0
+	}
+	code := 1
+	var ee *exitError
+	if errors.As(err, &ee) {
+		code = ee.code
+		err = ee.err
+	}
+	if err != nil {
+		msg := strings.ReplaceAll(strings.TrimSpace(err.Error()), "\n", " ")
+		fmt.Fprintf(stderr, "qchain: %s\n", msg)
+	}
+	return code
+}

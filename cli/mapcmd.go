@@ -1,0 +1,42 @@
+package cli
+
+import (
+	"github.com/urfave/cli/v2"
+)
+
+func mapCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "map",
+		Usage:     "show which layer and host offset backs each guest range, as qemu-img map",
+		ArgsUsage: "IMAGE",
+		Flags: append(chainFlags(), outputFlag(),
+			&cli.Uint64Flag{Name: "start-offset", Usage: "first guest byte to map"},
+			&cli.Uint64Flag{Name: "max-length", Usage: "map at most `N` bytes"},
+		),
+		Action: runMap,
+	}
+}
+
+func runMap(c *cli.Context) error {
+	name, err := oneImage(c)
+	if err != nil {
+		return err
+	}
+	asJSON, err := outputJSON(c)
+	if err != nil {
+		return err
+	}
+	chain, err := openChain(c, name, false)
+	if err != nil {
+		return err
+	}
+	defer chain.Close()
+	length := ^uint64(0)
+	if c.IsSet("max-length") {
+		length = c.Uint64("max-length")
+	}
+	if asJSON {
+		return chain.WriteMapJSON(c.App.Writer, c.Uint64("start-offset"), length)
+	}
+	return chain.WriteMapHuman(c.App.Writer, c.Uint64("start-offset"), length)
+}

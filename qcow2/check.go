@@ -1,0 +1,489 @@
+package qcow2
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+)
+
+// CheckResult is what `qemu-img check --output=json` prints; optional
+// counts are omitted when zero, as qemu-img omits them.
+type CheckResult struct {
+	Filename           string `json:"filename"`
+	Format             string `json:"format"`
+	CheckErrors        int64  `json:"check-errors"`
+	ImageEndOffset     int64  `json:"image-end-offset,omitempty"`
+	Corruptions        int64  `json:"corruptions,omitempty"`
+	Leaks              int64  `json:"leaks,omitempty"`
+	CorruptionsFixed   int64  `json:"corruptions-fixed,omitempty"`
+	LeaksFixed         int64  `json:"leaks-fixed,omitempty"`
+	TotalClusters      int64  `json:"total-clusters,omitempty"`
+	AllocatedClusters  int64  `json:"allocated-clusters,omitempty"`
+	FragmentedClusters int64  `json:"fragmented-clusters,omitempty"`
+	CompressedClusters int64  `json:"compressed-clusters,omitempty"`
+
+	// Messages are the findings, one line each, as qemu-img prints them on
+	// stderr (at most maxCheckMessages).
+	Messages []string `json:"-"`
+}
+
+// ExitCode returns qemu-img check's exit code for the result: 2 when the
+// image is corrupt, 3 when it only leaks clusters, 1 after internal errors,
+// 0 when clean.
+func (r *CheckResult) ExitCode() int {
+	switch {
+	case r.CheckErrors != 0:
+		return 1
+	case r.Corruptions != 0:
+		return 2
+	case r.Leaks != 0:
+		return 3
+	}
+	return 0
+}
+
+const (
+	maxCheckMessages = 1000
+	// maxCheckClusters bounds the host clusters a check counts, as QEMU
+	// refuses files with more than INT_MAX clusters.
+	maxCheckClusters = math.MaxInt32
+	l1ChunkEntries   = 8192
+	bitmapTableMask  = 0x00fffffffffffe00
+	bitmapTableRsvd  = 0xff000000000001fe
+)
+
+// refCounts are the refcounts a check computes, one per host cluster.
+type refCounts struct {
+	n   []uint32
+	max uint64
+}
+
+func (r *refCounts) get(i uint64) uint64 {
+	if i >= uint64(len(r.n)) {
+		return 0
+	}
+	return uint64(r.n[i])
+}
+
+type checker struct {
+	f    *File
+	res  *CheckResult
+	refs refCounts
+	cs   uint64
+}
+
+func (c *checker) msg(format string, args ...any) {
+	if len(c.res.Messages) < maxCheckMessages {
+		c.res.Messages = append(c.res.Messages, fmt.Sprintf(format, args...))
+	}
+}
+
+// inc is QEMU's qcow2_inc_refcounts_imrt: count one more reference to each
+// cluster of [off, off+size).
+func (c *checker) inc(off, size uint64) {
+	if size == 0 {
+		return
+	}
+	fileLen := uint64(c.f.size)
+	if off+size >= fileLen && (off+size < off || off+size-fileLen >= c.cs) {
+		c.msg("ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x%x size 0x%x", off, size)
+		c.res.Corruptions++
+		return
+	}
+	for co := off &^ (c.cs - 1); co <= (off+size-1)&^(c.cs-1); co += c.cs {
+		k := co / c.cs
+		for k >= uint64(len(c.refs.n)) {
+			c.refs.n = append(c.refs.n, 0)
+		}
+		if uint64(c.refs.n[k]) >= c.refs.max {
+			c.msg("ERROR: overflow cluster offset=0x%x", co)
+			c.res.Corruptions++
+			continue
+		}
+		c.refs.n[k]++
+	}
+}
+
+// Check verifies the image's metadata and refcounts exactly as
+// `qemu-img check` does (without repairing anything) and returns its
+// counts. It reads only this file, not the backing chain. An error means
+// the check itself could not run (qemu-img's "Check failed").
+func (f *File) Check() (*CheckResult, error) {
+	res := &CheckResult{Filename: f.Name, Format: "qcow2"}
+	if f.Header.CryptMethod != CryptNone && f.Header.CryptMethod != CryptLUKS && f.Header.CryptMethod != CryptAES {
+		return nil, f.readable()
+	}
+	if u := f.Header.UnknownIncompatible(); u != 0 {
+		return nil, f.readable()
+	}
+	snaps, err := f.Snapshots()
+	if err != nil {
+		res.CheckErrors++
+		return nil, err
+	}
+	cs := f.ClusterSize()
+	nb := divRoundUp(uint64(f.size), cs)
+	if nb > maxCheckClusters {
+		return nil, withFile(f.Name, fmt.Errorf("file too large to check: %d clusters", nb))
+	}
+	bits := f.Header.RefcountBits()
+	c := &checker{f: f, res: res, cs: cs, refs: refCounts{n: make([]uint32, nb), max: math.MaxUint32}}
+	if bits < 32 {
+		c.refs.max = 1<<bits - 1
+	}
+	res.TotalClusters = int64(divRoundUp(f.VirtualSize(), cs))
+
+	c.inc(0, cs)
+	if err := c.checkL1(f.Header.L1TableOffset, uint64(f.Header.L1Size), true); err != nil {
+		return nil, err
+	}
+	if f.Header.HasDataFile() && len(snaps) > 0 {
+		c.msg("ERROR %d snapshots in image with data file", len(snaps))
+		res.Corruptions++
+	}
+	for _, s := range snaps {
+		if s.L1TableOffset&(cs-1) != 0 {
+			c.msg("ERROR snapshot %s (%s) l1_offset=%#x: L1 table is not cluster aligned; snapshot table entry corrupted", s.ID, s.Name, s.L1TableOffset)
+			res.Corruptions++
+			continue
+		}
+		if uint64(s.L1Size) > MaxL1Bytes/8 {
+			c.msg("ERROR snapshot %s (%s) l1_size=%#x: L1 table is too large; snapshot table entry corrupted", s.ID, s.Name, s.L1Size)
+			res.Corruptions++
+			continue
+		}
+		if err := c.checkL1(s.L1TableOffset, uint64(s.L1Size), false); err != nil {
+			return nil, err
+		}
+	}
+	c.inc(f.Header.SnapshotsOffset, f.snapsSize)
+	c.inc(f.Header.RefcountTableOffset, uint64(f.Header.RefcountTableClusters)*cs)
+	if cr := f.Header.Crypto; cr != nil {
+		c.inc(cr.Offset, cr.Length)
+	}
+	if err := c.checkBitmaps(); err != nil {
+		return nil, err
+	}
+	if err := c.checkRefblocks(); err != nil {
+		return nil, err
+	}
+	highest, err := c.compare()
+	if err != nil {
+		return nil, err
+	}
+	if err := c.checkCopied(); err != nil {
+		return nil, err
+	}
+	res.ImageEndOffset = int64((highest + 1) * cs)
+	return res, nil
+}
+
+// readZeroFill reads at any offset; bytes past the end of the file are
+// zeros, as QEMU's check sees them.
+func (c *checker) read(b []byte, off uint64) error {
+	if off&(c.cs-1) == 0 && uint64(len(b)) == c.cs {
+		t, err := c.f.cluster(off)
+		if err != nil {
+			return err
+		}
+		copy(b, t)
+		return nil
+	}
+	return readAtZeroFill(c.f.r, c.f.size, b, off)
+}
+
+// checkL1 is QEMU's check_refcounts_l1. The table is read in chunks so a
+// huge l1_size cannot make the check allocate much.
+func (c *checker) checkL1(off, n uint64, active bool) error {
+	if n == 0 {
+		return nil
+	}
+	c.inc(off, n*8)
+	buf := make([]byte, min(n, l1ChunkEntries)*8)
+	l2 := make([]byte, c.cs)
+	for i := uint64(0); i < n; {
+		chunk := min(n-i, l1ChunkEntries)
+		b := buf[:chunk*8]
+		if err := readAtZeroFill(c.f.r, c.f.size, b, off+i*8); err != nil {
+			c.res.CheckErrors++
+			return withFile(c.f.Name, fmt.Errorf("I/O error reading L1 table: %w", err))
+		}
+		for j := uint64(0); j < chunk; j++ {
+			e := binary.BigEndian.Uint64(b[j*8:])
+			if e == 0 {
+				continue
+			}
+			if e&L1EntryReservedMask != 0 {
+				c.msg("ERROR found L1 entry with reserved bits set: %x", e)
+				c.res.Corruptions++
+			}
+			l2off := e & L1EntryOffsetMask
+			c.inc(l2off, c.cs)
+			if l2off&(c.cs-1) != 0 {
+				c.msg("ERROR l2_offset=%x: Table is not cluster aligned; L1 entry corrupted", l2off)
+				c.res.Corruptions++
+			}
+			if err := c.read(l2, l2off); err != nil {
+				c.res.CheckErrors++
+				return err
+			}
+			c.checkL2(l2, active)
+		}
+		i += chunk
+	}
+	return nil
+}
+
+// checkL2 is QEMU's check_refcounts_l2 without repairs.
+func (c *checker) checkL2(t []byte, active bool) {
+	g := c.f.Geo
+	n := c.f.l2Entries()
+	var nextContiguous uint64
+	for i := uint64(0); i < n; i++ {
+		e := c.f.entryAt(t, i)
+		kind := g.ClusterKind(e)
+		if kind != Compressed && e.Desc&L2EntryReservedMask != 0 {
+			c.msg("ERROR found l2 entry with reserved bits set: %x", e.Desc)
+			c.res.Corruptions++
+		}
+		switch kind {
+		case Compressed:
+			if e.Desc&FlagCopied != 0 {
+				off, _ := g.CompressedRange(e)
+				c.msg("ERROR: coffset=0x%x: copied flag must never be set for compressed clusters", off)
+				e.Desc &^= FlagCopied
+				c.res.Corruptions++
+			}
+			if c.f.Header.HasDataFile() {
+				c.msg("ERROR compressed cluster %d with data file, entry=0x%x", i, e.Desc)
+				c.res.Corruptions++
+				continue
+			}
+			if e.Bitmap != 0 {
+				c.msg("ERROR compressed cluster %d with non-zero subcluster allocation bitmap, entry=0x%x", i, e.Desc)
+				c.res.Corruptions++
+				continue
+			}
+			off, size := g.CompressedRange(e)
+			c.inc(off, size)
+			if active {
+				c.res.AllocatedClusters++
+				c.res.CompressedClusters++
+				c.res.FragmentedClusters++
+			}
+		case ZeroAlloc, Normal:
+			off := e.HostOffset()
+			if (e.Bitmap>>32)&e.Bitmap != 0 {
+				c.res.Corruptions++
+				c.msg("ERROR offset=%x: Allocated cluster has corrupted subcluster allocation bitmap", off)
+			}
+			if off&(c.cs-1) != 0 {
+				c.res.Corruptions++
+				contains := e.Desc&FlagZero == 0
+				if g.ExtendedL2 {
+					contains = e.Bitmap&allAllocMask != 0
+				}
+				if contains {
+					c.msg("ERROR offset=%x: Data cluster is not properly aligned; L2 entry corrupted.", off)
+				} else {
+					c.msg("ERROR offset=%x: Preallocated cluster is not properly aligned; L2 entry corrupted.", off)
+				}
+			}
+			if active {
+				c.res.AllocatedClusters++
+				if nextContiguous != 0 && off != nextContiguous {
+					c.res.FragmentedClusters++
+				}
+				nextContiguous = off + c.cs
+			}
+			if !c.f.Header.HasDataFile() {
+				c.inc(off, c.cs)
+			}
+		case Unallocated:
+			if e.Bitmap&allAllocMask != 0 {
+				c.res.Corruptions++
+				c.msg("ERROR: Unallocated cluster has non-zero subcluster allocation map")
+			}
+		}
+	}
+}
+
+// checkBitmaps is QEMU's qcow2_check_bitmaps_refcounts.
+func (c *checker) checkBitmaps() error {
+	e := c.f.Header.Bitmaps
+	if e == nil {
+		return nil
+	}
+	c.inc(e.DirectoryOffset, e.DirectorySize)
+	bms, err := c.f.Bitmaps()
+	if err != nil {
+		c.res.Corruptions++
+		c.msg("ERROR bitmap directory: %v", err)
+		return nil
+	}
+	for _, b := range bms {
+		c.inc(b.TableOffset, uint64(b.TableSize)*8)
+		if b.TableOffset&(c.cs-1) != 0 || b.TableOffset > uint64(c.f.size) || uint64(b.TableSize)*8 > uint64(c.f.size)-b.TableOffset {
+			c.res.Corruptions++
+			c.msg("ERROR bitmap %s: bitmap table at %#x is invalid", b.Name, b.TableOffset)
+			continue
+		}
+		tb := make([]byte, uint64(b.TableSize)*8)
+		if _, err := c.f.r.ReadAt(tb, int64(b.TableOffset)); err != nil {
+			c.res.Corruptions++
+			continue
+		}
+		for i := 0; i < len(tb); i += 8 {
+			ent := binary.BigEndian.Uint64(tb[i:])
+			off := ent & bitmapTableMask
+			if ent&bitmapTableRsvd != 0 || off&(c.cs-1) != 0 || (ent&1 != 0 && off != 0) {
+				c.res.Corruptions++
+				continue
+			}
+			if off != 0 {
+				c.inc(off, c.cs)
+			}
+		}
+	}
+	return nil
+}
+
+// checkRefblocks is QEMU's check_refblocks: every refcount block must be
+// aligned, inside the file and referenced once.
+func (c *checker) checkRefblocks() error {
+	rt, err := c.f.RefcountTable()
+	if err != nil {
+		c.res.CheckErrors++
+		return err
+	}
+	for i, ent := range rt {
+		off := ent & RefTableOffsetMask
+		cl := off / c.cs
+		if ent&RefTableReservedMask != 0 {
+			c.msg("ERROR refcount table entry %d has reserved bits set", i)
+			c.res.Corruptions++
+			continue
+		}
+		if off&(c.cs-1) != 0 {
+			c.msg("ERROR refcount block %d is not cluster aligned; refcount table entry corrupted", i)
+			c.res.Corruptions++
+			continue
+		}
+		if cl >= uint64(len(c.refs.n)) {
+			c.res.Corruptions++
+			c.msg("ERROR refcount block %d is outside image", i)
+			continue
+		}
+		if off != 0 {
+			c.inc(off, c.cs)
+			if rc := c.refs.get(cl); rc != 1 {
+				c.msg("ERROR refcount block %d refcount=%d", i, rc)
+				c.res.Corruptions++
+			}
+		}
+	}
+	return nil
+}
+
+// compare is QEMU's compare_refcounts: the refcounts on disk against the
+// computed ones. It returns the highest cluster in use by either.
+func (c *checker) compare() (uint64, error) {
+	rt, err := c.f.RefcountTable()
+	if err != nil {
+		return 0, err
+	}
+	bb := c.f.refcountBlockBits()
+	per := uint64(1) << bb
+	order := c.f.Header.RefcountOrder
+	var highest uint64
+	n := uint64(len(c.refs.n))
+	for i := uint64(0); i < n; {
+		ti := i >> bb
+		blockEnd := min((ti+1)*per, n)
+		var block []byte
+		var blockErr error
+		if ti < uint64(len(rt)) {
+			if off := rt[ti] & RefTableOffsetMask; off != 0 {
+				if off&(c.cs-1) != 0 {
+					blockErr = formatErr(int64(off), "refcount block offset %#x is not cluster aligned", off)
+				} else {
+					block, blockErr = c.f.cluster(off)
+				}
+			}
+		}
+		for ; i < blockEnd; i++ {
+			if blockErr != nil {
+				c.msg("Can't get refcount for cluster %d: %v", i, blockErr)
+				c.res.CheckErrors++
+				continue
+			}
+			var disk uint64
+			if block != nil {
+				disk = RefcountEntry(block, order, i&(per-1))
+			}
+			computed := uint64(c.refs.n[i])
+			if disk > 0 || computed > 0 {
+				highest = i
+			}
+			if disk != computed {
+				kind := "Leaked"
+				if disk < computed {
+					kind = "ERROR"
+					c.res.Corruptions++
+				} else {
+					c.res.Leaks++
+				}
+				c.msg("%s cluster %d refcount=%d reference=%d", kind, i, disk, computed)
+			}
+		}
+	}
+	return highest, nil
+}
+
+// checkCopied is QEMU's check_oflag_copied: the COPIED flag of every
+// active L1 and L2 entry must say whether the refcount is exactly one.
+func (c *checker) checkCopied() error {
+	l1, err := c.f.L1()
+	if err != nil {
+		return err
+	}
+	g := c.f.Geo
+	l2 := make([]byte, c.cs)
+	for i, ent := range l1 {
+		l2off := ent & L1EntryOffsetMask
+		if l2off == 0 {
+			continue
+		}
+		rc, err := c.f.Refcount(l2off / c.cs)
+		if err != nil {
+			continue
+		}
+		if (rc == 1) != (ent&FlagCopied != 0) {
+			c.res.Corruptions++
+			c.msg("ERROR OFLAG_COPIED L2 cluster: l1_index=%d l1_entry=%x refcount=%d", i, ent, rc)
+		}
+		if err := c.read(l2, l2off); err != nil {
+			c.msg("ERROR: Could not read L2 table: %v", err)
+			c.res.CheckErrors++
+			return nil
+		}
+		for j := uint64(0); j < c.f.l2Entries(); j++ {
+			e := c.f.entryAt(l2, j)
+			k := g.ClusterKind(e)
+			if k != Normal && k != ZeroAlloc {
+				continue
+			}
+			rc := uint64(1)
+			if !c.f.Header.HasDataFile() {
+				if rc, err = c.f.Refcount(e.HostOffset() / c.cs); err != nil {
+					continue
+				}
+			}
+			if (rc == 1) != (e.Desc&FlagCopied != 0) {
+				c.res.Corruptions++
+				c.msg("ERROR OFLAG_COPIED data cluster: l2_entry=%x refcount=%d", e.Desc, rc)
+			}
+		}
+	}
+	return nil
+}

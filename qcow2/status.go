@@ -1,0 +1,199 @@
+package qcow2
+
+import (
+	"fmt"
+	"io"
+)
+
+// BlockStatus is the status of a run of guest bytes through a whole chain,
+// as QEMU's bdrv_block_status walk in `qemu-img map` reports it.
+type BlockStatus struct {
+	Start, Length uint64
+	// Depth is the index of the layer that decides the content: the first
+	// layer from the top where the run is allocated (data or zero), or the
+	// layer where the walk stopped.
+	Depth     int
+	Present   bool // allocated in layer Depth
+	Zero      bool // reads as zeros
+	Data      bool // holds data (possibly also zero)
+	HasOffset bool // Offset is valid
+	Offset    uint64
+	// Extent is layer Depth's own extent the run lies in.
+	Extent Extent
+}
+
+// Walker computes the block status of a chain run after run. It keeps one
+// cursor per layer, so walking the image in order reads each L2 table once.
+// A Walker is not safe for concurrent use; make one per goroutine.
+type Walker struct {
+	c   *Chain
+	cur []Extent
+	// MetadataPrealloc per layer: ask the host file about holes (QEMU does
+	// this for images it detects as preallocated with metadata only).
+	prealloc []int8
+}
+
+// NewWalker returns a Walker over the chain.
+func (c *Chain) NewWalker() *Walker {
+	return &Walker{c: c, cur: make([]Extent, len(c.Layers)), prealloc: make([]int8, len(c.Layers))}
+}
+
+// layerExtent returns layer d's extent covering pos, clipped to end.
+func (w *Walker) layerExtent(d int, pos, end uint64) (Extent, error) {
+	e := w.cur[d]
+	if e.Length == 0 || pos < e.Start || pos >= e.End() {
+		var err error
+		e, err = w.c.Layers[d].Extent(pos, end-pos)
+		if err != nil {
+			return Extent{}, err
+		}
+		w.cur[d] = e
+	}
+	// Rebase to pos.
+	if e.Type.HasHostOffset() {
+		e.HostOffset += pos - e.Start
+	}
+	e.Length -= pos - e.Start
+	e.Start = pos
+	return e, nil
+}
+
+// Status returns the status of the run that starts at pos and ends at most
+// at end (end <= the chain's size).
+func (w *Walker) Status(pos, end uint64) (BlockStatus, error) {
+	if end > w.c.Size() || pos >= end {
+		return BlockStatus{}, fmt.Errorf("block status of [%#x, %#x) outside the image size %#x", pos, end, w.c.Size())
+	}
+	limit := end
+	var above Extent
+	for d := range w.c.Layers {
+		l := w.c.Layers[d]
+		if d > 0 && pos >= l.Size() {
+			// The backing file is shorter: the layer above reads as zeros.
+			s := BlockStatus{Start: pos, Length: limit - pos, Depth: d - 1, Zero: true, Extent: above}
+			if above.Type == UnallocatedAlloc {
+				s.HasOffset, s.Offset = true, above.HostOffset
+			}
+			return s, nil
+		}
+		limit = min(limit, l.Size())
+		e, err := w.layerExtent(d, pos, limit)
+		if err != nil {
+			return BlockStatus{}, err
+		}
+		limit = min(limit, e.End())
+		if e.Type.Allocated() {
+			s := BlockStatus{Start: pos, Length: limit - pos, Depth: d, Present: true, Extent: e}
+			switch e.Type {
+			case Normal:
+				s.Data, s.HasOffset, s.Offset = true, true, e.HostOffset
+				if err := w.preallocHoles(d, &s); err != nil {
+					return BlockStatus{}, err
+				}
+			case Compressed:
+				s.Data = true
+			case ZeroPlain:
+				s.Zero = true
+			case ZeroAlloc:
+				s.Zero, s.HasOffset, s.Offset = true, true, e.HostOffset
+			}
+			return s, nil
+		}
+		above = e
+	}
+	d := len(w.c.Layers) - 1
+	s := BlockStatus{Start: pos, Length: limit - pos, Depth: d, Zero: true, Extent: above}
+	if above.Type == UnallocatedAlloc {
+		s.HasOffset, s.Offset = true, above.HostOffset
+	}
+	return s, nil
+}
+
+// preallocHoles marks data clusters that are holes in the host file as zero
+// for images QEMU detects as metadata-preallocated (BDRV_BLOCK_RECURSE).
+func (w *Walker) preallocHoles(d int, s *BlockStatus) error {
+	f, ok := w.c.Layers[d].(*File)
+	if !ok {
+		return nil
+	}
+	if w.prealloc[d] == 0 {
+		w.prealloc[d] = -1
+		if f.metadataPreallocated() {
+			w.prealloc[d] = 1
+		}
+	}
+	if w.prealloc[d] < 0 {
+		return nil
+	}
+	host, ok := f.hostFile()
+	if !ok {
+		return nil
+	}
+	e, err := host.Extent(s.Offset, s.Length)
+	if err != nil {
+		// Past the end of the host file: reads as zeros.
+		s.Zero = true
+		return nil
+	}
+	if e.Type == ZeroAlloc {
+		s.Zero = true
+	}
+	if e.End() < host.Size() || e.Type == Normal {
+		s.Length = min(s.Length, e.Length)
+	}
+	return nil
+}
+
+// ReadAt reads guest-visible bytes of the chain. Bytes past the chain's size
+// are not readable (io.EOF), as for a file.
+func (c *Chain) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("qcow2: negative offset %d", off)
+	}
+	size := c.Size()
+	if uint64(off) >= size {
+		if len(p) == 0 {
+			return 0, nil
+		}
+		return 0, io.EOF
+	}
+	n := len(p)
+	var err error
+	if uint64(n) > size-uint64(off) {
+		n = int(size - uint64(off))
+		err = io.EOF
+	}
+	w := c.NewWalker()
+	if rerr := w.Read(p[:n], uint64(off)); rerr != nil {
+		return 0, rerr
+	}
+	return n, err
+}
+
+// Read fills p with guest data at pos through the walker's cursors; the
+// range must lie inside the chain. Sequential reads through one Walker
+// reuse its cursors.
+func (w *Walker) Read(p []byte, pos uint64) error {
+	end := pos + uint64(len(p))
+	for pos < end {
+		s, err := w.Status(pos, end)
+		if err != nil {
+			return err
+		}
+		buf := p[:s.Length]
+		switch {
+		case s.Present && s.Data:
+			if err := w.c.Layers[s.Depth].ReadExtent(buf, s.Extent, pos); err != nil {
+				return err
+			}
+			if s.Zero {
+				clear(buf)
+			}
+		default:
+			clear(buf)
+		}
+		p = p[s.Length:]
+		pos += s.Length
+	}
+	return nil
+}
