@@ -40,7 +40,12 @@ func runExport(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := qcow2.Export(chain, f, true); err != nil {
+	// Holes only for regular files; devices and pipes get every byte.
+	sparse := false
+	if st, err := f.Stat(); err == nil && st.Mode().IsRegular() {
+		sparse = true
+	}
+	if err := qcow2.Export(chain, f, sparse); err != nil {
 		f.Close()
 		return fmt.Errorf("%s: %w", out, err)
 	}

@@ -195,6 +195,14 @@ func OpenChain(name string, opts ChainOptions) (*Chain, error) {
 		c.Layers = append(c.Layers, l)
 		c.Probed = append(c.Probed, probed && depth > 0)
 		q, ok := l.(*File)
+		if ok && !opts.NoBacking && q.Header.HasDataFile() {
+			// QEMU opens the data file with the image: a missing one is an
+			// error now, not at the first read.
+			if _, _, err := q.dataReader(); err != nil {
+				c.Close()
+				return nil, err
+			}
+		}
 		if opts.NoBacking || !ok || q.Header.BackingFile == "" {
 			return c, nil
 		}

@@ -203,6 +203,10 @@ func (c *checker) checkL1(off, n uint64, active bool) error {
 	l2 := make([]byte, c.cs)
 	for i := uint64(0); i < n; {
 		chunk := min(n-i, l1ChunkEntries)
+		if off+i*8 >= uint64(c.f.size) {
+			// The rest reads as zeros: no more L2 tables.
+			break
+		}
 		b := buf[:chunk*8]
 		if err := readAtZeroFill(c.f.r, c.f.size, b, off+i*8); err != nil {
 			c.res.CheckErrors++

@@ -176,14 +176,15 @@ const headerReadSize = 1 << MaxClusterBits
 // to its first cluster; fewer if the file is shorter). fileSize is the size
 // of the whole file, used to bound offsets.
 func ParseHeader(b []byte, fileSize int64) (*Header, error) {
-	if len(b) < 8 {
-		if len(b) >= 4 && binary.BigEndian.Uint32(b) != Magic || len(b) < 4 {
-			return nil, fmt.Errorf("%w: file too short for a qcow2 header (%d bytes)", ErrNotQcow2, len(b))
-		}
-	}
 	be := binary.BigEndian
+	if len(b) < 4 {
+		return nil, fmt.Errorf("%w: file too short for a qcow2 header (%d bytes)", ErrNotQcow2, len(b))
+	}
 	if be.Uint32(b) != Magic {
 		return nil, fmt.Errorf("%w: bad magic %#08x", ErrNotQcow2, be.Uint32(b))
+	}
+	if len(b) < 8 {
+		return nil, formatErr(0, "truncated qcow2 header: %d bytes", len(b))
 	}
 	h := &Header{Version: be.Uint32(b[4:])}
 	if h.Version != 2 && h.Version != 3 {

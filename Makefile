@@ -1,0 +1,43 @@
+# qchain — see README.md. Every target installs what it needs.
+GO        ?= go
+BIN       := bin/qchain
+FUZZTIME  ?= 10s
+PKGS      := ./...
+export QCHAIN_BIN := $(CURDIR)/$(BIN)
+
+.PHONY: all build deps test unit integration demo bench fuzz lint clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cli/qchain
+
+# deps installs the qemu tools the tests and the demo run against.
+deps:
+	@scripts/deps.sh
+
+test: deps lint build
+	$(GO) test -count=1 -timeout 20m $(PKGS)
+
+unit: build
+	$(GO) test -count=1 ./qcow2/... ./cli/... ./fixtures/...
+
+integration: deps build
+	$(GO) test -count=1 -timeout 20m ./integration/...
+
+demo: deps build
+	@scripts/demo.sh
+
+bench: deps build
+	$(GO) run ./integration/bench
+
+fuzz:
+	@scripts/fuzz.sh $(FUZZTIME)
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+
+clean:
+	rm -rf bin

@@ -1,0 +1,20 @@
+#!/bin/sh
+# Installs the qemu tools qchain is tested against, when missing (Debian).
+set -e
+need=""
+command -v qemu-img >/dev/null 2>&1 || need="$need qemu-utils"
+command -v qemu-io >/dev/null 2>&1 || need="$need qemu-utils"
+command -v qemu-system-x86_64 >/dev/null 2>&1 || need="$need qemu-system-x86"
+command -v qemu-storage-daemon >/dev/null 2>&1 || need="$need qemu-system-common"
+[ -z "$need" ] && exit 0
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "deps: missing$need and no apt-get; install them by hand" >&2
+  exit 1
+fi
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "deps: installing$need" >&2
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq || true
+# shellcheck disable=SC2086
+$SUDO apt-get install -y -qq --no-install-recommends $need >/dev/null
