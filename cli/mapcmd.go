@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"fmt"
+
 	"github.com/urfave/cli/v2"
 )
 
@@ -38,5 +40,8 @@ func runMap(c *cli.Context) error {
 	if asJSON {
 		return chain.WriteMapJSON(c.App.Writer, c.Uint64("start-offset"), length)
 	}
-	return chain.WriteMapHuman(c.App.Writer, c.Uint64("start-offset"), length)
+	if err := chain.WriteMapHuman(c.App.Writer, c.Uint64("start-offset"), length); err != nil {
+		return fmt.Errorf("%s: %w (use --output=json)", name, err)
+	}
+	return nil
 }
