@@ -139,11 +139,7 @@ func OpenLayer(name, format string, opts ChainOptions) (Layer, bool, error) {
 			return nil, probed, err
 		}
 		if opts.Root != "" {
-			dir := filepath.Dir(name)
 			f.DataFileResolver = func(dn string) (io.ReaderAt, int64, io.Closer, error) {
-				if !filepath.IsAbs(dn) {
-					dn = filepath.Join(dir, dn)
-				}
 				if err := confine(opts.Root, dn); err != nil {
 					return nil, 0, nil, err
 				}

@@ -102,7 +102,7 @@ func (c *Chain) Files() []string {
 	for _, l := range c.Layers {
 		out = append(out, l.Filename())
 		if f, ok := l.(*File); ok && f.Header.HasDataFile() && f.Header.DataFile != "" {
-			out = append(out, BackingPath(f.Name, f.Header.DataFile))
+			out = append(out, f.Header.DataFile)
 		}
 	}
 	return out

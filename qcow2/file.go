@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"sync"
 )
 
@@ -77,11 +76,9 @@ func Open(name string) (*File, error) {
 	}
 	q.Name = name
 	q.closer = f
-	dir := filepath.Dir(name)
+	// QEMU opens a relative data file name as given, from its current
+	// folder (not the image's), and so does qchain.
 	q.DataFileResolver = func(dn string) (io.ReaderAt, int64, io.Closer, error) {
-		if !filepath.IsAbs(dn) {
-			dn = filepath.Join(dir, dn)
-		}
 		return openReaderAt(dn)
 	}
 	return q, nil

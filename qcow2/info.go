@@ -98,14 +98,8 @@ func Info(l Layer, probed bool) (*ImageInfo, error) {
 
 func (f *File) fillInfo(info *ImageInfo) error {
 	h := f.Header
+	// qemu-img 7.2 counts the qcow2 file alone, not an external data file.
 	if n := allocatedBytes(f.r); n >= 0 {
-		if h.HasDataFile() {
-			if r, _, err := f.dataReader(); err == nil {
-				if m := allocatedBytes(r); m >= 0 {
-					n += m
-				}
-			}
-		}
 		info.ActualSize = ptr(n)
 	}
 	info.ClusterSize = ptr(f.ClusterSize())

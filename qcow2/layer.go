@@ -149,9 +149,9 @@ func (r *RawFile) Extent(off, max uint64) (Extent, error) {
 	if err != nil {
 		return Extent{Start: off, Length: end - off, Type: Normal, HostOffset: off}, nil
 	}
-	// A data run that ends inside the last partial sector covers it.
-	h := (uint64(hole) + 511) &^ 511
-	return Extent{Start: off, Length: min(h, end) - off, Type: Normal, HostOffset: off}, nil
+	// Data ends at the file's real end; the rest of the last sector is a
+	// trailing hole, as QEMU reports it.
+	return Extent{Start: off, Length: min(uint64(hole), end) - off, Type: Normal, HostOffset: off}, nil
 }
 
 // ReadExtent implements Layer.

@@ -160,7 +160,7 @@ func (c *Chain) WriteMapHuman(w io.Writer, start, length uint64) error {
 // hostName is the file that holds layer d's data clusters.
 func (c *Chain) hostName(d int) string {
 	if f, ok := c.Layers[d].(*File); ok && f.Header.HasDataFile() {
-		return BackingPath(f.Name, f.Header.DataFile)
+		return f.Header.DataFile
 	}
 	return c.Layers[d].Filename()
 }
