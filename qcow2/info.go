@@ -60,9 +60,19 @@ type Qcow2Specific struct {
 	CompressionType string       `json:"compression-type"`
 }
 
-// EncryptInfo describes the encryption of an image.
+// EncryptInfo describes the encryption of an image; for LUKS, the fields
+// of the LUKS header as qemu-img lists them.
 type EncryptInfo struct {
-	Format string `json:"format"`
+	Format         string     `json:"format"`
+	CipherAlg      string     `json:"cipher-alg,omitempty"`
+	CipherMode     string     `json:"cipher-mode,omitempty"`
+	IvgenAlg       string     `json:"ivgen-alg,omitempty"`
+	IvgenHashAlg   string     `json:"ivgen-hash-alg,omitempty"`
+	HashAlg        string     `json:"hash-alg,omitempty"`
+	PayloadOffset  *uint64    `json:"payload-offset,omitempty"`
+	MasterKeyIters *uint32    `json:"master-key-iters,omitempty"`
+	UUID           string     `json:"uuid,omitempty"`
+	Slots          []LUKSSlot `json:"slots,omitempty"`
 }
 
 // BitmapInfo is one persistent bitmap as qemu-img info lists it.
@@ -142,7 +152,11 @@ func (f *File) fillInfo(info *ImageInfo) error {
 	case CryptAES:
 		spec.Encrypt = &EncryptInfo{Format: "aes"}
 	case CryptLUKS:
-		spec.Encrypt = &EncryptInfo{Format: "luks"}
+		enc, err := f.luksInfo()
+		if err != nil {
+			return err
+		}
+		spec.Encrypt = enc
 	}
 	if h.Version == 2 {
 		spec.Compat = "0.10"
