@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -44,6 +45,12 @@ func NewApp(stdout, stderr io.Writer) *cli.App {
 			checkCommand(),
 			compareCommand(),
 			exportCommand(),
+			layersCommand(),
+			clustersCommand(),
+			dumpCommand(),
+			leaksCommand(),
+			diffCommand(),
+			whoUsesCommand(),
 		},
 	}
 	return app
@@ -68,4 +75,12 @@ func Run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "qchain: %s\n", msg)
 	}
 	return code
+}
+
+func jsonIndent(v any) ([]byte, error) {
+	b, err := json.MarshalIndent(v, "  ", "  ")
+	if err != nil {
+		return nil, err
+	}
+	return append(append([]byte("  "), b...), '\n'), nil
 }

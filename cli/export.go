@@ -13,7 +13,7 @@ func exportCommand() *cli.Command {
 		Name:      "export",
 		Usage:     "write the guest-visible content of an image chain as raw bytes (sparse when writing a file)",
 		ArgsUsage: "IMAGE",
-		Flags: append(chainFlags(),
+		Flags: append(chainFlags(), snapshotFlag(),
 			&cli.StringFlag{Name: "o", Aliases: []string{"output-file"}, Usage: "write to `FILE` instead of standard output"}),
 		Action: runExport,
 	}
@@ -24,11 +24,11 @@ func runExport(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	chain, err := openChain(c, name, false)
+	chain, done, err := openChainAt(c, name, "snapshot")
 	if err != nil {
 		return err
 	}
-	defer chain.Close()
+	defer done()
 	out := c.String("o")
 	if out == "" || out == "-" {
 		return qcow2.Export(chain, c.App.Writer, false)

@@ -11,7 +11,7 @@ func mapCommand() *cli.Command {
 		Name:      "map",
 		Usage:     "show which layer and host offset backs each guest range, as qemu-img map",
 		ArgsUsage: "IMAGE",
-		Flags: append(chainFlags(), outputFlag(),
+		Flags: append(chainFlags(), outputFlag(), snapshotFlag(),
 			&cli.Uint64Flag{Name: "start-offset", Usage: "first guest byte to map"},
 			&cli.Uint64Flag{Name: "max-length", Usage: "map at most `N` bytes"},
 		),
@@ -28,11 +28,11 @@ func runMap(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	chain, err := openChain(c, name, false)
+	chain, done, err := openChainAt(c, name, "snapshot")
 	if err != nil {
 		return err
 	}
-	defer chain.Close()
+	defer done()
 	length := ^uint64(0)
 	if c.IsSet("max-length") {
 		length = c.Uint64("max-length")

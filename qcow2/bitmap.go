@@ -16,13 +16,13 @@ const (
 
 // Bitmap is one entry of the persistent bitmap directory.
 type Bitmap struct {
-	TableOffset     uint64
-	TableSize       uint32
-	Flags           uint32
-	Type            uint8
-	GranularityBits uint8
-	Name            string
-	Offset          int64 // file offset of the directory entry
+	TableOffset     uint64 `json:"bitmap_table_offset"`
+	TableSize       uint32 `json:"bitmap_table_size"`
+	Flags           uint32 `json:"flags"`
+	Type            uint8  `json:"type"`
+	GranularityBits uint8  `json:"granularity_bits"`
+	Name            string `json:"name"`
+	Offset          int64  `json:"offset"` // file offset of the directory entry
 }
 
 // Granularity returns the bytes covered by one bit.

@@ -109,16 +109,30 @@ func (c *checker) inc(off, size uint64) {
 // counts. It reads only this file, not the backing chain. An error means
 // the check itself could not run (qemu-img's "Check failed").
 func (f *File) Check() (*CheckResult, error) {
-	res := &CheckResult{Filename: f.Name, Format: "qcow2"}
-	if f.Header.CryptMethod != CryptNone && f.Header.CryptMethod != CryptLUKS && f.Header.CryptMethod != CryptAES {
-		return nil, f.readable()
+	c, err := f.references()
+	if err != nil {
+		return nil, err
 	}
+	highest, err := c.compare()
+	if err != nil {
+		return nil, err
+	}
+	if err := c.checkCopied(); err != nil {
+		return nil, err
+	}
+	c.res.ImageEndOffset = int64((highest + 1) * c.cs)
+	return c.res, nil
+}
+
+// references counts every reference to every host cluster, as QEMU's
+// calculate_refcounts does, recording findings in the checker's result.
+func (f *File) references() (*checker, error) {
+	res := &CheckResult{Filename: f.Name, Format: "qcow2"}
 	if u := f.Header.UnknownIncompatible(); u != 0 {
 		return nil, f.readable()
 	}
 	snaps, err := f.Snapshots()
 	if err != nil {
-		res.CheckErrors++
 		return nil, err
 	}
 	cs := f.ClusterSize()
@@ -167,15 +181,7 @@ func (f *File) Check() (*CheckResult, error) {
 	if err := c.checkRefblocks(); err != nil {
 		return nil, err
 	}
-	highest, err := c.compare()
-	if err != nil {
-		return nil, err
-	}
-	if err := c.checkCopied(); err != nil {
-		return nil, err
-	}
-	res.ImageEndOffset = int64((highest + 1) * cs)
-	return res, nil
+	return c, nil
 }
 
 // readZeroFill reads at any offset; bytes past the end of the file are

@@ -281,3 +281,22 @@ func (f *File) dataReader() (io.ReaderAt, int64, error) {
 	})
 	return f.data, f.dataSize, f.dataErr
 }
+
+// EntryAt returns the L2 entry of the guest cluster holding guest offset
+// off (a zero entry when its L2 table is not allocated).
+func (f *File) EntryAt(off uint64) (L2Entry, error) {
+	l1, err := f.L1()
+	if err != nil {
+		return L2Entry{}, err
+	}
+	ci := off >> f.Header.ClusterBits
+	l1i, l2i := ci/f.l2Entries(), ci%f.l2Entries()
+	if l1i >= uint64(len(l1)) || l1[l1i]&L1EntryOffsetMask == 0 {
+		return L2Entry{}, nil
+	}
+	t, err := f.l2Table(l1[l1i] & L1EntryOffsetMask)
+	if err != nil {
+		return L2Entry{}, err
+	}
+	return f.entryAt(t, l2i), nil
+}

@@ -70,61 +70,60 @@ const (
 // Header is the decoded qcow2 header with its extensions. Field names
 // follow docs/interop/qcow2.txt.
 type Header struct {
-	Version               uint32
-	BackingFileOffset     uint64
-	BackingFileSize       uint32
-	ClusterBits           uint32
-	Size                  uint64 // virtual size in bytes, as stored
-	CryptMethod           uint32
-	L1Size                uint32
-	L1TableOffset         uint64
-	RefcountTableOffset   uint64
-	RefcountTableClusters uint32
-	NbSnapshots           uint32
-	SnapshotsOffset       uint64
-	IncompatibleFeatures  uint64
-	CompatibleFeatures    uint64
-	AutoclearFeatures     uint64
-	RefcountOrder         uint32
-	HeaderLength          uint32
-	CompressionType       uint8
+	Version               uint32 `json:"version"`
+	BackingFileOffset     uint64 `json:"backing_file_offset"`
+	BackingFileSize       uint32 `json:"backing_file_size"`
+	ClusterBits           uint32 `json:"cluster_bits"`
+	Size                  uint64 `json:"size"` // virtual size in bytes, as stored
+	CryptMethod           uint32 `json:"crypt_method"`
+	L1Size                uint32 `json:"l1_size"`
+	L1TableOffset         uint64 `json:"l1_table_offset"`
+	RefcountTableOffset   uint64 `json:"refcount_table_offset"`
+	RefcountTableClusters uint32 `json:"refcount_table_clusters"`
+	NbSnapshots           uint32 `json:"nb_snapshots"`
+	SnapshotsOffset       uint64 `json:"snapshots_offset"`
+	IncompatibleFeatures  uint64 `json:"incompatible_features"`
+	CompatibleFeatures    uint64 `json:"compatible_features"`
+	AutoclearFeatures     uint64 `json:"autoclear_features"`
+	RefcountOrder         uint32 `json:"refcount_order"`
+	HeaderLength          uint32 `json:"header_length"`
+	CompressionType       uint8  `json:"compression_type"`
 
 	// From the extensions and the backing name area.
-	BackingFile   string
-	BackingFormat string
-	DataFile      string
-	Features      []FeatureName
-	Bitmaps       *BitmapsExtension // nil unless present and valid (autoclear bit set)
-	Crypto        *CryptoHeader
-	Extensions    []Extension // every extension in file order, known or not
+	BackingFile   string            `json:"backing_file,omitempty"`
+	BackingFormat string            `json:"backing_format,omitempty"`
+	DataFile      string            `json:"data_file,omitempty"`
+	Features      []FeatureName     `json:"feature_names,omitempty"`
+	Bitmaps       *BitmapsExtension `json:"bitmaps,omitempty"` // nil unless present and valid (autoclear bit set)
+	Crypto        *CryptoHeader     `json:"crypto_header,omitempty"`
+	Extensions    []Extension       `json:"extensions,omitempty"` // every extension in file order, known or not
 }
 
 // Extension is one header extension as found in the file.
 type Extension struct {
-	Type   uint32
-	Offset int64 // file offset of the extension's data
-	Length uint32
+	Type   uint32 `json:"type"`
+	Offset int64  `json:"offset"` // file offset of the extension's data
+	Length uint32 `json:"length"`
 }
 
 // FeatureName is one entry of the feature name table extension.
 type FeatureName struct {
-	Type uint8 // 0 incompatible, 1 compatible, 2 autoclear
-	Bit  uint8
-	Name string
+	Type uint8  `json:"type"` // 0 incompatible, 1 compatible, 2 autoclear
+	Bit  uint8  `json:"bit"`
+	Name string `json:"name"`
 }
 
 // BitmapsExtension is the bitmaps header extension.
 type BitmapsExtension struct {
-	NbBitmaps        uint32
-	DirectorySize    uint64
-	DirectoryOffset  uint64
-	ignoredNoAutoclr bool
+	NbBitmaps       uint32 `json:"nb_bitmaps"`
+	DirectorySize   uint64 `json:"bitmap_directory_size"`
+	DirectoryOffset uint64 `json:"bitmap_directory_offset"`
 }
 
 // CryptoHeader is the full disk encryption header pointer extension.
 type CryptoHeader struct {
-	Offset uint64
-	Length uint64
+	Offset uint64 `json:"offset"`
+	Length uint64 `json:"length"`
 }
 
 // ClusterSize returns the cluster size in bytes.

@@ -16,18 +16,18 @@ const (
 
 // Snapshot is one entry of the internal snapshot table.
 type Snapshot struct {
-	L1TableOffset uint64
-	L1Size        uint32
-	ID            string
-	Name          string
-	DateSec       uint32
-	DateNsec      uint32
-	VMClockNsec   uint64
-	VMStateSize   uint64 // the 64-bit size from the extra data when present
-	DiskSize      uint64 // virtual disk size at snapshot time
-	Icount        uint64 // ^0 when not recorded
-	ExtraDataSize uint32
-	Offset        int64 // file offset of the entry
+	L1TableOffset uint64 `json:"l1_table_offset"`
+	L1Size        uint32 `json:"l1_size"`
+	ID            string `json:"id"`
+	Name          string `json:"name"`
+	DateSec       uint32 `json:"date_sec"`
+	DateNsec      uint32 `json:"date_nsec"`
+	VMClockNsec   uint64 `json:"vm_clock_nsec"`
+	VMStateSize   uint64 `json:"vm_state_size"` // the 64-bit size from the extra data when present
+	DiskSize      uint64 `json:"disk_size"`     // virtual disk size at snapshot time
+	Icount        uint64 `json:"icount"`        // ^0 when not recorded
+	ExtraDataSize uint32 `json:"extra_data_size"`
+	Offset        int64  `json:"offset"` // file offset of the entry
 }
 
 // HasIcount reports whether the entry records an instruction count.
