@@ -1,0 +1,28 @@
+// Command bench measures qchain against qemu-img on generated images, in
+// one run, and prints the ratios (`make bench`, or
+// `go run ./integration/bench [-n N] [-quick] [-dir DIR]`).
+//
+// Cases, each with the goal it is held to:
+//   - --version of both tools: the start-up baseline, no goal;
+//   - map --output=json of a 10-layer 64 GiB chain, 5,000 random 64 KiB
+//     writes per layer: qchain at least 20x faster than qemu-img;
+//   - info --backing-chain --output=json of the same chain: at least 5x;
+//   - check --output=json of an 8 GiB image with 20,000 random 64 KiB
+//     writes: at least 3x;
+//   - peak memory (max RSS) of qchain map and check on a 1 TiB image with
+//     scattered writes: under 64 MiB.
+//
+// Every timing warms the page cache with one untimed run of each tool, then
+// takes the median of -n runs, alternating the tools. The outputs of both
+// tools are compared once parsed (and byte for byte, reported only); a
+// parsed difference, or a different exit status, makes the command exit 1.
+// A missed speed or memory goal is reported, not fatal. Peak RSS is
+// measured through a launcher (launcher.go) so that the bench's own memory
+// does not leak into the tools' figures.
+//
+// Images are made with qemu-img create and qemu-io (fixed seeds) and cached
+// under -dir (env BENCH_DIR, default $TMPDIR/qchain-bench), one folder per
+// set of parameters, so a second run reuses them. The qchain binary is
+// $QCHAIN_BIN (exported by the Makefile) or bin/qchain under the module
+// root.
+package main

@@ -1,0 +1,307 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+)
+
+// memGoalKiB is the issue's peak-memory goal for qchain: under 64 MiB.
+const memGoalKiB = 64 << 10
+
+// Case is one side-by-side measurement.
+type Case struct {
+	Name  string
+	Image *Image // nil for the start-up baseline
+	// Sub is the qchain and qemu-img subcommand and flags; the image path
+	// is appended.
+	Sub []string
+	// Baseline marks the start-up case (--version): its outputs are not
+	// compared and it has no goal.
+	Baseline bool
+	// SpeedGoal is the qemu-img/qchain time ratio to reach; 0 means the
+	// case is held to the memory goal instead.
+	SpeedGoal float64
+}
+
+// Result is a measured case.
+type Result struct {
+	Case         Case
+	Qchain, Qemu *Sample
+	Verdict      Verdict
+	QchainCmd    string
+	QemuCmd      string
+	Ratio        float64
+	SpeedOK      bool
+	MemOK        bool
+}
+
+func main() {
+	if os.Getenv(launcherEnv) != "" {
+		os.Exit(launch())
+	}
+	os.Exit(run())
+}
+
+func run() int {
+	defDir := os.Getenv("BENCH_DIR")
+	if defDir == "" {
+		defDir = filepath.Join(os.TempDir(), "qchain-bench")
+	}
+	n := flag.Int("n", 5, "timed runs of each tool per case (the median is reported)")
+	quick := flag.Bool("quick", false, "small images, for a fast smoke run (goals are not meaningful)")
+	dir := flag.String("dir", defDir, "folder that caches the generated images (env BENCH_DIR)")
+	timeout := flag.Duration("timeout", 10*time.Minute, "limit on one run of a tool")
+	flag.Parse()
+	if *n < 1 {
+		fmt.Fprintln(os.Stderr, "bench: -n must be at least 1")
+		return 2
+	}
+	qchain, err := findQchain()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 2
+	}
+	for _, tool := range []string{"qemu-img", "qemu-io"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: %s not found (make deps installs it)\n", tool)
+			return 2
+		}
+	}
+
+	chainSpec := ImageSpec{Label: "chain", Layers: 10, Writes: 5000, VirtualSize: 64 << 30, Seed: 1}
+	checkSpec := ImageSpec{Label: "single", Layers: 1, Writes: 20000, VirtualSize: 8 << 30, Seed: 2}
+	hugeSpec := ImageSpec{Label: "huge", Layers: 1, Writes: 4000, VirtualSize: 1 << 40, Seed: 3}
+	if *quick {
+		chainSpec.Layers, chainSpec.Writes = 2, 500
+		checkSpec.Writes, checkSpec.VirtualSize = 2000, 1<<30
+		hugeSpec.Writes = 300
+	}
+
+	printMachine(qchain, *dir, *n, *quick)
+	if r, err := runOnce(time.Minute, []string{"true"}); err == nil {
+		fmt.Printf("- peak-RSS floor (launcher running `true`): %s\n", fmtKiB(r.MaxRSSKiB))
+	}
+	fmt.Println("\n## Images")
+	images := map[string]*Image{}
+	for _, spec := range []ImageSpec{chainSpec, checkSpec, hugeSpec} {
+		fmt.Printf("- %s (%s): ", spec.Key(), spec.Describe())
+		img, err := Prepare(*dir, spec)
+		if err != nil {
+			fmt.Println("FAILED")
+			fmt.Fprintln(os.Stderr, "bench: generating:", err)
+			return 2
+		}
+		how := "generated in"
+		if img.Cached {
+			how = "cached; generated earlier in"
+		}
+		fmt.Printf("%s %s, %.0f MiB of qcow2 files\n", how, img.GenTime.Round(100*time.Millisecond), float64(img.HostBytes)/(1<<20))
+		images[spec.Label] = img
+	}
+
+	cases := []Case{
+		{Name: "start-up baseline (--version)", Sub: []string{"--version"}, Baseline: true},
+		{Name: fmt.Sprintf("map, %d-layer chain", chainSpec.Layers), Image: images["chain"],
+			Sub: []string{"map", "--output=json"}, SpeedGoal: 20},
+		{Name: fmt.Sprintf("info --backing-chain, %d-layer chain", chainSpec.Layers), Image: images["chain"],
+			Sub: []string{"info", "--backing-chain", "--output=json"}, SpeedGoal: 5},
+		{Name: fmt.Sprintf("check, %s image", sizeName(checkSpec.VirtualSize)), Image: images["single"],
+			Sub: []string{"check", "--output=json"}, SpeedGoal: 3},
+		{Name: "map, 1T image (memory)", Image: images["huge"], Sub: []string{"map", "--output=json"}},
+		{Name: "check, 1T image (memory)", Image: images["huge"], Sub: []string{"check", "--output=json"}},
+	}
+
+	fmt.Println("\n## Commands")
+	var results []*Result
+	mismatch, failed := false, false
+	for _, c := range cases {
+		r := &Result{Case: c}
+		qArgv := append([]string{qchain}, c.Sub...)
+		mArgv := append([]string{"qemu-img"}, c.Sub...)
+		what := "process start-up and exit, no image"
+		if c.Image != nil {
+			qArgv, mArgv = append(qArgv, c.Image.Top), append(mArgv, c.Image.Top)
+			what = c.Image.Spec.Describe()
+		}
+		r.QchainCmd, r.QemuCmd = shellQuote(qArgv), shellQuote(mArgv)
+		fmt.Printf("\n%s (%s):\n    %s\n    %s\n", c.Name, what, r.QchainCmd, r.QemuCmd)
+		r.Qchain, r.Qemu, err = measure(*n, *timeout, qArgv, mArgv)
+		if err != nil {
+			fmt.Printf("    ERROR: %v\n", err)
+			failed = true
+			continue
+		}
+		if c.Baseline {
+			r.Verdict = Verdict{Equal: true}
+			fmt.Println("    outputs: not compared")
+		} else if r.Verdict = compareRuns(r.Qchain.Warm, r.Qemu.Warm); r.Verdict.Equal {
+			fmt.Printf("    outputs: equal once parsed; byte-identical: %s (%d bytes)\n",
+				yesNo(r.Verdict.ByteIdentical), len(r.Qemu.Warm.Stdout))
+		} else {
+			mismatch = true
+			fmt.Printf("    outputs: MISMATCH (byte-identical: %s)\n", yesNo(r.Verdict.ByteIdentical))
+			for _, d := range r.Verdict.Diff {
+				fmt.Printf("      %s\n", d)
+			}
+		}
+		if qm := r.Qchain.Median(); qm > 0 {
+			r.Ratio = float64(r.Qemu.Median()) / float64(qm)
+		}
+		r.SpeedOK = r.Ratio >= c.SpeedGoal
+		r.MemOK = r.Qchain.MaxRSS < memGoalKiB
+		if c.Baseline && (r.Qchain.Warm.Exit != 0 || r.Qemu.Warm.Exit != 0) {
+			fmt.Printf("    ERROR: --version exited %d (qchain) and %d (qemu-img)\n", r.Qchain.Warm.Exit, r.Qemu.Warm.Exit)
+			failed = true
+		}
+		results = append(results, r)
+	}
+
+	printTables(results, *n)
+	switch {
+	case mismatch:
+		fmt.Println("\nFAIL: qchain's output differs from qemu-img's (see above)")
+		return 1
+	case failed:
+		fmt.Println("\nFAIL: a case could not be measured (see above)")
+		return 1
+	}
+	return 0
+}
+
+func printTables(results []*Result, n int) {
+	fmt.Printf("\n## Time (median of %d runs after one warm-up run of each tool)\n\n", n)
+	fmt.Println("| case | qchain | qemu-img | ratio (qemu-img/qchain) | goal | result | output |")
+	fmt.Println("|---|---:|---:|---:|---:|---|---|")
+	for _, r := range results {
+		goal, verdict, output := "-", "-", outputWord(r.Verdict)
+		if r.Case.SpeedGoal > 0 {
+			goal = fmt.Sprintf(">= %gx", r.Case.SpeedGoal)
+			verdict = passMiss(r.SpeedOK)
+		}
+		if r.Case.Baseline {
+			output = "not compared"
+		}
+		fmt.Printf("| %s | %s | %s | %.1fx | %s | %s | %s |\n", r.Case.Name,
+			fmtDur(r.Qchain.Median()), fmtDur(r.Qemu.Median()), r.Ratio, goal, verdict, output)
+	}
+	fmt.Println("\n## Peak memory (max RSS over all runs)")
+	fmt.Println()
+	fmt.Println("| case | qchain | qemu-img | goal (qchain) | result |")
+	fmt.Println("|---|---:|---:|---:|---|")
+	for _, r := range results {
+		goal, verdict := "-", "-"
+		if r.Case.SpeedGoal == 0 && !r.Case.Baseline {
+			goal, verdict = "< 64 MiB", passMiss(r.MemOK)
+		}
+		fmt.Printf("| %s | %s | %s | %s | %s |\n", r.Case.Name,
+			fmtKiB(r.Qchain.MaxRSS), fmtKiB(r.Qemu.MaxRSS), goal, verdict)
+	}
+}
+
+func outputWord(v Verdict) string {
+	switch {
+	case !v.Equal:
+		return "MISMATCH"
+	case v.ByteIdentical:
+		return "equal, byte-identical"
+	}
+	return "equal parsed, bytes differ"
+}
+
+func passMiss(ok bool) string {
+	if ok {
+		return "PASS"
+	}
+	return "MISS"
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+func fmtDur(d time.Duration) string {
+	if d < time.Second {
+		return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond))
+	}
+	return fmt.Sprintf("%.2f s", d.Seconds())
+}
+
+func fmtKiB(k int64) string { return fmt.Sprintf("%.1f MiB", float64(k)/1024) }
+
+// findQchain returns $QCHAIN_BIN, or bin/qchain under the module root.
+func findQchain() (string, error) {
+	bin := os.Getenv("QCHAIN_BIN")
+	if bin == "" {
+		root, err := moduleRoot()
+		if err != nil {
+			return "", err
+		}
+		bin = filepath.Join(root, "bin", "qchain")
+	}
+	bin, err := filepath.Abs(bin)
+	if err != nil {
+		return "", err
+	}
+	if _, err := os.Stat(bin); err != nil {
+		return "", fmt.Errorf("qchain binary: %w (run make build, or set QCHAIN_BIN)", err)
+	}
+	return bin, nil
+}
+
+func moduleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("no go.mod above the current folder; set QCHAIN_BIN")
+		}
+		dir = parent
+	}
+}
+
+// printMachine prints what the figures were measured on.
+func printMachine(qchain, dir string, n int, quick bool) {
+	fmt.Println("# qchain vs qemu-img")
+	fmt.Println()
+	fmt.Printf("- CPUs: %d (%s)\n", runtime.NumCPU(), cpuModel())
+	fmt.Printf("- Go: %s %s/%s\n", runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	if out, err := exec.Command("qemu-img", "--version").Output(); err == nil {
+		fmt.Printf("- %s\n", strings.SplitN(strings.TrimSpace(string(out)), "\n", 2)[0])
+	}
+	fmt.Printf("- qchain: %s\n", qchain)
+	fmt.Printf("- images: %s\n", dir)
+	mode := "full"
+	if quick {
+		mode = "quick (small images; goals not meaningful)"
+	}
+	fmt.Printf("- runs: %d per tool per case, %s\n", n, mode)
+}
+
+func cpuModel() string {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return "unknown model"
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown model"
+}
