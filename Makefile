@@ -10,7 +10,7 @@ export QCHAIN_BIN := $(CURDIR)/$(BIN)
 all: build
 
 build:
-	$(GO) build -o $(BIN) ./cli/qchain
+	$(GO) build -tags urfave_cli_no_docs -o $(BIN) ./cli/qchain
 
 # deps installs the qemu tools the tests and the demo run against.
 deps:

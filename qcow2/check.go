@@ -117,9 +117,6 @@ func (f *File) Check() (*CheckResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := c.checkCopied(); err != nil {
-		return nil, err
-	}
 	c.res.ImageEndOffset = int64((highest + 1) * c.cs)
 	return c.res, nil
 }
@@ -187,14 +184,6 @@ func (f *File) references() (*checker, error) {
 // readZeroFill reads at any offset; bytes past the end of the file are
 // zeros, as QEMU's check sees them.
 func (c *checker) read(b []byte, off uint64) error {
-	if off&(c.cs-1) == 0 && uint64(len(b)) == c.cs {
-		t, err := c.f.cluster(off)
-		if err != nil {
-			return err
-		}
-		copy(b, t)
-		return nil
-	}
 	return readAtZeroFill(c.f.r, c.f.size, b, off)
 }
 
@@ -238,6 +227,9 @@ func (c *checker) checkL1(off, n uint64, active bool) error {
 				return err
 			}
 			c.checkL2(l2, active)
+			if active && l2off != 0 {
+				c.checkCopiedL1(i+j, e)
+			}
 		}
 		i += chunk
 	}
@@ -250,6 +242,12 @@ func (c *checker) checkL2(t []byte, active bool) {
 	n := c.f.l2Entries()
 	var nextContiguous uint64
 	for i := uint64(0); i < n; i++ {
+		if !g.ExtendedL2 {
+			// Zero entries (unallocated, no flags) need no check.
+			if i = zeroEntries(t, i, n); i == n {
+				break
+			}
+		}
 		e := c.f.entryAt(t, i)
 		kind := g.ClusterKind(e)
 		if kind != Compressed && e.Desc&L2EntryReservedMask != 0 {
@@ -308,6 +306,9 @@ func (c *checker) checkL2(t []byte, active bool) {
 			}
 			if !c.f.Header.HasDataFile() {
 				c.inc(off, c.cs)
+			}
+			if active {
+				c.checkCopiedEntry(e)
 			}
 		case Unallocated:
 			if e.Bitmap&allAllocMask != 0 {
@@ -450,50 +451,32 @@ func (c *checker) compare() (uint64, error) {
 	return highest, nil
 }
 
-// checkCopied is QEMU's check_oflag_copied: the COPIED flag of every
-// active L1 and L2 entry must say whether the refcount is exactly one.
-func (c *checker) checkCopied() error {
-	l1, err := c.f.L1()
+// checkCopiedL1 and checkCopiedEntry are QEMU's check_oflag_copied, done in
+// the same pass as the reference count (each table is read once): the
+// COPIED flag of every active L1 and L2 entry must say whether the
+// on-disk refcount is exactly one.
+func (c *checker) checkCopiedL1(index uint64, ent uint64) {
+	l2off := ent & L1EntryOffsetMask
+	rc, err := c.f.Refcount(l2off / c.cs)
 	if err != nil {
-		return err
+		return
 	}
-	g := c.f.Geo
-	l2 := make([]byte, c.cs)
-	for i, ent := range l1 {
-		l2off := ent & L1EntryOffsetMask
-		if l2off == 0 {
-			continue
-		}
-		rc, err := c.f.Refcount(l2off / c.cs)
-		if err != nil {
-			continue
-		}
-		if (rc == 1) != (ent&FlagCopied != 0) {
-			c.res.Corruptions++
-			c.msg("ERROR OFLAG_COPIED L2 cluster: l1_index=%d l1_entry=%x refcount=%d", i, ent, rc)
-		}
-		if err := c.read(l2, l2off); err != nil {
-			c.msg("ERROR: Could not read L2 table: %v", err)
-			c.res.CheckErrors++
-			return nil
-		}
-		for j := uint64(0); j < c.f.l2Entries(); j++ {
-			e := c.f.entryAt(l2, j)
-			k := g.ClusterKind(e)
-			if k != Normal && k != ZeroAlloc {
-				continue
-			}
-			rc := uint64(1)
-			if !c.f.Header.HasDataFile() {
-				if rc, err = c.f.Refcount(e.HostOffset() / c.cs); err != nil {
-					continue
-				}
-			}
-			if (rc == 1) != (e.Desc&FlagCopied != 0) {
-				c.res.Corruptions++
-				c.msg("ERROR OFLAG_COPIED data cluster: l2_entry=%x refcount=%d", e.Desc, rc)
-			}
+	if (rc == 1) != (ent&FlagCopied != 0) {
+		c.res.Corruptions++
+		c.msg("ERROR OFLAG_COPIED L2 cluster: l1_index=%d l1_entry=%x refcount=%d", index, ent, rc)
+	}
+}
+
+func (c *checker) checkCopiedEntry(e L2Entry) {
+	rc := uint64(1)
+	if !c.f.Header.HasDataFile() {
+		var err error
+		if rc, err = c.f.Refcount(e.HostOffset() / c.cs); err != nil {
+			return
 		}
 	}
-	return nil
+	if (rc == 1) != (e.Desc&FlagCopied != 0) {
+		c.res.Corruptions++
+		c.msg("ERROR OFLAG_COPIED data cluster: l2_entry=%x refcount=%d", e.Desc, rc)
+	}
 }

@@ -1,6 +1,9 @@
 package qcow2
 
-import "fmt"
+import (
+	"encoding/binary"
+	"fmt"
+)
 
 // Extent is a run of guest bytes of one layer that share a cluster type
 // and, for types with a host offset, map to contiguous host bytes.
@@ -20,11 +23,51 @@ func (e Extent) End() uint64 { return e.Start + e.Length }
 // compressed data covers one cluster at most. Extent does not look at the
 // backing file: unallocated runs are reported as Unallocated.
 func (f *File) Extent(off, max uint64) (Extent, error) {
+	return f.extent(off, max, nil)
+}
+
+// TableCursor holds one L2 table privately for a sequential reader (a
+// Walker), so walking an image in order reads each table once, without
+// the shared cache's lock, map and buffer churn. The zero value is ready.
+type TableCursor struct {
+	off   uint64
+	buf   []byte
+	valid bool
+}
+
+// table returns the L2 table at off through the cursor, or through the
+// shared cache when tc is nil.
+func (f *File) table(off uint64, tc *TableCursor) ([]byte, error) {
+	if tc == nil {
+		return f.l2Table(off)
+	}
+	if tc.valid && tc.off == off {
+		return tc.buf, nil
+	}
+	cs := f.ClusterSize()
+	if off%cs != 0 {
+		return nil, withFile(f.Name, formatErr(int64(off), "L2 table offset %#x is not cluster aligned", off))
+	}
+	if off > uint64(f.size) || cs > uint64(f.size)-off {
+		return nil, withFile(f.Name, formatErr(int64(off), "L2 table at %#x is past the end of the file", off))
+	}
+	if uint64(len(tc.buf)) != cs {
+		tc.buf = make([]byte, cs)
+	}
+	tc.valid = false
+	if _, err := f.r.ReadAt(tc.buf, int64(off)); err != nil {
+		return nil, withFile(f.Name, fmt.Errorf("reading L2 table at %#x: %w", off, err))
+	}
+	tc.off, tc.valid = off, true
+	return tc.buf, nil
+}
+
+func (f *File) extent(off, max uint64, tc *TableCursor) (Extent, error) {
 	vsize := f.VirtualSize()
 	if off >= vsize || max == 0 {
 		return Extent{}, fmt.Errorf("extent at %#x is outside the virtual size %#x", off, vsize)
 	}
-	if err := f.readable(); err != nil {
+	if err := f.readErr; err != nil {
 		return Extent{}, err
 	}
 	l1, err := f.L1()
@@ -63,11 +106,12 @@ func (f *File) Extent(off, max uint64) (Extent, error) {
 			pos = min((l1i+1)*tableSpan, end)
 			continue
 		}
-		table, err := f.l2Table(l2off)
+		table, err := f.table(l2off, tc)
 		if err != nil {
 			return Extent{}, err
 		}
-		for i := ci % l2n; i < l2n && pos < end; i++ {
+		i := ci % l2n
+		for ; i < l2n && pos < end; i++ {
 			e := f.entryAt(table, i)
 			inCl := pos & (cs - 1)
 			sc := uint(inCl / scSize)
@@ -109,6 +153,22 @@ func (f *File) Extent(off, max uint64) (Extent, error) {
 				// The type changes inside this cluster.
 				break
 			}
+			if !f.Geo.ExtendedL2 && pos < end {
+				// Fast path for the common runs of a standard table:
+				// zero entries extend an unallocated run, descriptors one
+				// cluster apart with the same flags extend a data run.
+				next := i + 1
+				switch ext.Type {
+				case Unallocated:
+					next = zeroEntries(table, next, l2n)
+				case Normal:
+					for next < l2n && binary.BigEndian.Uint64(table[next*8:]) == e.Desc+(next-i)*cs && e.Desc&FlagCompressed == 0 {
+						next++
+					}
+				}
+				pos = min(pos+(next-i-1)*cs, end)
+				i = next - 1
+			}
 		}
 		if ext.Type == Compressed {
 			break
@@ -121,4 +181,20 @@ func (f *File) Extent(off, max uint64) (Extent, error) {
 	}
 	ext.Length = pos - off
 	return ext, nil
+}
+
+// zeroEntries returns the index of the first non-zero 8-byte entry of a
+// standard L2 table at or after i (n when there is none), four at a time.
+func zeroEntries(t []byte, i, n uint64) uint64 {
+	for i+4 <= n {
+		b := t[i*8 : i*8+32]
+		if binary.LittleEndian.Uint64(b)|binary.LittleEndian.Uint64(b[8:])|binary.LittleEndian.Uint64(b[16:])|binary.LittleEndian.Uint64(b[24:]) != 0 {
+			break
+		}
+		i += 4
+	}
+	for i < n && binary.LittleEndian.Uint64(t[i*8:]) == 0 {
+		i++
+	}
+	return i
 }

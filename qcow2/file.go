@@ -46,6 +46,10 @@ type File struct {
 	// data file; Open sets one that joins relative names to the image's folder.
 	DataFileResolver func(name string) (io.ReaderAt, int64, io.Closer, error)
 
+	// readErr says why guest data cannot be read (unknown features,
+	// encryption), or is nil.
+	readErr error
+
 	mu      sync.Mutex
 	l2      map[uint64]*list.Element // table cache: L2 tables and refcount blocks
 	l2lru   list.List
@@ -130,6 +134,7 @@ func NewFile(r io.ReaderAt, size int64) (*File, error) {
 		size:   size,
 		l2:     make(map[uint64]*list.Element),
 	}
+	f.readErr = f.readable()
 	return f, nil
 }
 
@@ -238,6 +243,9 @@ func (f *File) cluster(off uint64) ([]byte, error) {
 	if err := readAtZeroFill(f.r, f.size, b, off); err != nil {
 		return nil, withFile(f.Name, fmt.Errorf("reading cluster at %#x: %w", off, err))
 	}
+	// Evicted tables are dropped, never reused: a caller on another
+	// goroutine may still be reading one. Hot sequential paths use a
+	// TableCursor instead of this cache.
 	for f.l2bytes+len(b) > l2CacheBytes && f.l2lru.Len() > 1 {
 		old := f.l2lru.Back()
 		t := old.Value.(*l2Table)

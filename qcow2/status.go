@@ -28,6 +28,9 @@ type BlockStatus struct {
 type Walker struct {
 	c   *Chain
 	cur []Extent
+	// tc holds each qcow2 layer's current L2 table privately; nil for
+	// walkers made for one random read, which use the shared cache.
+	tc []TableCursor
 	// MetadataPrealloc per layer: ask the host file about holes (QEMU does
 	// this for images it detects as preallocated with metadata only).
 	prealloc []int8
@@ -35,6 +38,12 @@ type Walker struct {
 
 // NewWalker returns a Walker over the chain.
 func (c *Chain) NewWalker() *Walker {
+	w := c.newWalker()
+	w.tc = make([]TableCursor, len(c.Layers))
+	return w
+}
+
+func (c *Chain) newWalker() *Walker {
 	return &Walker{c: c, cur: make([]Extent, len(c.Layers)), prealloc: make([]int8, len(c.Layers))}
 }
 
@@ -43,7 +52,16 @@ func (w *Walker) layerExtent(d int, pos, end uint64) (Extent, error) {
 	e := w.cur[d]
 	if e.Length == 0 || pos < e.Start || pos >= e.End() {
 		var err error
-		e, err = w.c.Layers[d].Extent(pos, end-pos)
+		if f, ok := w.c.Layers[d].(*File); ok && w.tc != nil {
+			// Scan at least to the end of the current L2 table: the
+			// table is at hand, and a longer run stays cached for the
+			// next positions instead of being recomputed piece by piece.
+			span := f.l2Entries() << f.Header.ClusterBits
+			scanEnd := max(end, min((pos/span+1)*span, f.Size()))
+			e, err = f.extent(pos, scanEnd-pos, &w.tc[d])
+		} else {
+			e, err = w.c.Layers[d].Extent(pos, end-pos)
+		}
 		if err != nil {
 			return Extent{}, err
 		}
@@ -163,7 +181,7 @@ func (c *Chain) ReadAt(p []byte, off int64) (int, error) {
 		n = int(size - uint64(off))
 		err = io.EOF
 	}
-	w := c.NewWalker()
+	w := c.newWalker()
 	if rerr := w.Read(p[:n], uint64(off)); rerr != nil {
 		return 0, rerr
 	}
