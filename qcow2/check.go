@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"unsafe"
 )
 
 // CheckResult is what `qemu-img check --output=json` prints; optional
@@ -52,17 +53,83 @@ const (
 	bitmapTableRsvd  = 0xff000000000001fe
 )
 
-// refCounts are the refcounts a check computes, one per host cluster.
+// refCounts are the refcounts a check computes, one per host cluster:
+// 16 bits each when the image's refcounts fit (the default width), so a
+// check of a huge file stays small; 32 bits (saturating) otherwise.
 type refCounts struct {
-	n   []uint32
+	n16 []uint16
+	n32 []uint32
 	max uint64
+	// mem is the backing store of the first array (see bigZeroed);
+	// grow may move the array to the heap, mem stays to be freed.
+	mem    []byte
+	mapped bool
+}
+
+func newRefCounts(n uint64, bits uint32) refCounts {
+	if n == 0 {
+		n = 1
+	}
+	if bits <= 16 {
+		mem, mapped := bigZeroed(n * 2)
+		return refCounts{n16: unsafe.Slice((*uint16)(unsafe.Pointer(&mem[0])), n), max: 1<<bits - 1, mem: mem, mapped: mapped}
+	}
+	mem, mapped := bigZeroed(n * 4)
+	r := refCounts{n32: unsafe.Slice((*uint32)(unsafe.Pointer(&mem[0])), n), max: math.MaxUint32, mem: mem, mapped: mapped}
+	if bits < 32 {
+		r.max = 1<<bits - 1
+	}
+	return r
+}
+
+// free releases a mapped array; the counts must not be used afterwards.
+func (r *refCounts) free() {
+	freeBig(r.mem, r.mapped)
+	r.n16, r.n32, r.mem = nil, nil, nil
+}
+
+func (r *refCounts) len() uint64 {
+	if r.n32 != nil {
+		return uint64(len(r.n32))
+	}
+	return uint64(len(r.n16))
 }
 
 func (r *refCounts) get(i uint64) uint64 {
-	if i >= uint64(len(r.n)) {
+	if i >= r.len() {
 		return 0
 	}
-	return uint64(r.n[i])
+	if r.n32 != nil {
+		return uint64(r.n32[i])
+	}
+	return uint64(r.n16[i])
+}
+
+// grow makes room for cluster index k.
+func (r *refCounts) grow(k uint64) {
+	for k >= r.len() {
+		if r.n32 != nil {
+			r.n32 = append(r.n32, 0)
+		} else {
+			r.n16 = append(r.n16, 0)
+		}
+	}
+}
+
+// add increments cluster k (k < len) unless it is at the maximum.
+func (r *refCounts) add(k uint64) bool {
+	if r.n32 != nil {
+		if uint64(r.n32[k]) >= r.max {
+			return false
+		}
+		r.n32[k]++
+		return true
+	}
+	if uint64(r.n16[k]) >= r.max {
+		return false
+	}
+	r.n16[k]++
+	return true
 }
 
 type checker struct {
@@ -70,6 +137,39 @@ type checker struct {
 	res  *CheckResult
 	refs refCounts
 	cs   uint64
+
+	// The refcount table and the refcount block last looked at, so the
+	// per-cluster lookups of a check skip the shared cache.
+	rt     []uint64
+	rbOff  uint64
+	rb     []byte
+	rbBits uint32
+}
+
+// diskRefcount is File.Refcount through the checker's own block cache.
+func (c *checker) diskRefcount(ci uint64) (uint64, error) {
+	ti := ci >> c.rbBits
+	if ti >= uint64(len(c.rt)) {
+		return 0, nil
+	}
+	off := c.rt[ti] & RefTableOffsetMask
+	if off == 0 {
+		return 0, nil
+	}
+	if off != c.rbOff {
+		if off&(c.cs-1) != 0 {
+			return 0, withFile(c.f.Name, formatErr(int64(c.f.Header.RefcountTableOffset+ti*8), "refcount block offset %#x is not cluster aligned (refcount table index %d)", off, ti))
+		}
+		if uint64(len(c.rb)) != c.cs {
+			c.rb = make([]byte, c.cs)
+		}
+		c.rbOff = 0
+		if err := c.read(c.rb, off); err != nil {
+			return 0, withFile(c.f.Name, err)
+		}
+		c.rbOff = off
+	}
+	return RefcountEntry(c.rb, c.f.Header.RefcountOrder, ci&(1<<c.rbBits-1)), nil
 }
 
 func (c *checker) msg(format string, args ...any) {
@@ -81,6 +181,14 @@ func (c *checker) msg(format string, args ...any) {
 // inc is QEMU's qcow2_inc_refcounts_imrt: count one more reference to each
 // cluster of [off, off+size).
 func (c *checker) inc(off, size uint64) {
+	if size == c.cs && off&(c.cs-1) == 0 && off/c.cs < c.refs.len() {
+		// One whole cluster inside the file: the common case.
+		if !c.refs.add(off / c.cs) {
+			c.msg("ERROR: overflow cluster offset=0x%x", off)
+			c.res.Corruptions++
+		}
+		return
+	}
 	if size == 0 {
 		return
 	}
@@ -92,15 +200,11 @@ func (c *checker) inc(off, size uint64) {
 	}
 	for co := off &^ (c.cs - 1); co <= (off+size-1)&^(c.cs-1); co += c.cs {
 		k := co / c.cs
-		for k >= uint64(len(c.refs.n)) {
-			c.refs.n = append(c.refs.n, 0)
-		}
-		if uint64(c.refs.n[k]) >= c.refs.max {
+		c.refs.grow(k)
+		if !c.refs.add(k) {
 			c.msg("ERROR: overflow cluster offset=0x%x", co)
 			c.res.Corruptions++
-			continue
 		}
-		c.refs.n[k]++
 	}
 }
 
@@ -113,6 +217,7 @@ func (f *File) Check() (*CheckResult, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer c.refs.free()
 	highest, err := c.compare()
 	if err != nil {
 		return nil, err
@@ -123,7 +228,7 @@ func (f *File) Check() (*CheckResult, error) {
 
 // references counts every reference to every host cluster, as QEMU's
 // calculate_refcounts does, recording findings in the checker's result.
-func (f *File) references() (*checker, error) {
+func (f *File) references() (_ *checker, err error) {
 	res := &CheckResult{Filename: f.Name, Format: "qcow2"}
 	if u := f.Header.UnknownIncompatible(); u != 0 {
 		return nil, f.readable()
@@ -137,11 +242,16 @@ func (f *File) references() (*checker, error) {
 	if nb > maxCheckClusters {
 		return nil, withFile(f.Name, fmt.Errorf("file too large to check: %d clusters", nb))
 	}
-	bits := f.Header.RefcountBits()
-	c := &checker{f: f, res: res, cs: cs, refs: refCounts{n: make([]uint32, nb), max: math.MaxUint32}}
-	if bits < 32 {
-		c.refs.max = 1<<bits - 1
+	rt, err := f.RefcountTable()
+	if err != nil {
+		return nil, err
 	}
+	c := &checker{f: f, res: res, cs: cs, rt: rt, refs: newRefCounts(nb, f.Header.RefcountBits()), rbBits: f.refcountBlockBits()}
+	defer func() {
+		if err != nil {
+			c.refs.free()
+		}
+	}()
 	res.TotalClusters = int64(divRoundUp(f.VirtualSize(), cs))
 
 	c.inc(0, cs)
@@ -380,7 +490,7 @@ func (c *checker) checkRefblocks() error {
 			c.res.Corruptions++
 			continue
 		}
-		if cl >= uint64(len(c.refs.n)) {
+		if cl >= c.refs.len() {
 			c.res.Corruptions++
 			c.msg("ERROR refcount block %d is outside image", i)
 			continue
@@ -407,7 +517,7 @@ func (c *checker) compare() (uint64, error) {
 	per := uint64(1) << bb
 	order := c.f.Header.RefcountOrder
 	var highest uint64
-	n := uint64(len(c.refs.n))
+	n := c.refs.len()
 	for i := uint64(0); i < n; {
 		ti := i >> bb
 		blockEnd := min((ti+1)*per, n)
@@ -418,7 +528,13 @@ func (c *checker) compare() (uint64, error) {
 				if off&(c.cs-1) != 0 {
 					blockErr = formatErr(int64(off), "refcount block offset %#x is not cluster aligned", off)
 				} else {
-					block, blockErr = c.f.cluster(off)
+					if uint64(len(c.rb)) != c.cs {
+						c.rb = make([]byte, c.cs)
+					}
+					c.rbOff = 0
+					if blockErr = c.read(c.rb, off); blockErr == nil {
+						block, c.rbOff = c.rb, off
+					}
 				}
 			}
 		}
@@ -432,7 +548,7 @@ func (c *checker) compare() (uint64, error) {
 			if block != nil {
 				disk = RefcountEntry(block, order, i&(per-1))
 			}
-			computed := uint64(c.refs.n[i])
+			computed := c.refs.get(i)
 			if disk > 0 || computed > 0 {
 				highest = i
 			}
@@ -457,7 +573,7 @@ func (c *checker) compare() (uint64, error) {
 // on-disk refcount is exactly one.
 func (c *checker) checkCopiedL1(index uint64, ent uint64) {
 	l2off := ent & L1EntryOffsetMask
-	rc, err := c.f.Refcount(l2off / c.cs)
+	rc, err := c.diskRefcount(l2off / c.cs)
 	if err != nil {
 		return
 	}
@@ -471,7 +587,7 @@ func (c *checker) checkCopiedEntry(e L2Entry) {
 	rc := uint64(1)
 	if !c.f.Header.HasDataFile() {
 		var err error
-		if rc, err = c.f.Refcount(e.HostOffset() / c.cs); err != nil {
+		if rc, err = c.diskRefcount(e.HostOffset() / c.cs); err != nil {
 			return
 		}
 	}

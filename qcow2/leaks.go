@@ -34,6 +34,7 @@ func (f *File) Leaks(fn func(LeakRun) error) error {
 	if err != nil {
 		return err
 	}
+	defer c.refs.free()
 	cs := c.cs
 	fileClusters := divRoundUp(uint64(f.size), cs)
 	var cur LeakRun

@@ -76,7 +76,7 @@ func run() int {
 	}
 
 	chainSpec := ImageSpec{Label: "chain", Layers: 10, Writes: 5000, VirtualSize: 64 << 30, Seed: 1}
-	checkSpec := ImageSpec{Label: "single", Layers: 1, Writes: 20000, VirtualSize: 8 << 30, Seed: 2}
+	checkSpec := ImageSpec{Label: "single", Layers: 1, Writes: 20000, VirtualSize: 256 << 30, Seed: 2, Prealloc: true}
 	hugeSpec := ImageSpec{Label: "huge", Layers: 1, Writes: 4000, VirtualSize: 1 << 40, Seed: 3}
 	if *quick {
 		chainSpec.Layers, chainSpec.Writes = 2, 500
