@@ -51,6 +51,8 @@ func NewApp(stdout, stderr io.Writer) *cli.App {
 			leaksCommand(),
 			diffCommand(),
 			whoUsesCommand(),
+			createCommand(),
+			rebaseCommand(),
 		},
 	}
 	return app
