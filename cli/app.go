@@ -39,6 +39,7 @@ func NewApp(stdout, stderr io.Writer) *cli.App {
 		HideHelpCommand:        true,
 		UseShortOptionHandling: true,
 		ExitErrHandler:         func(*cli.Context, error) {},
+		OnUsageError:           usageError,
 		Commands: []*cli.Command{
 			infoCommand(),
 			mapCommand(),
@@ -54,6 +55,9 @@ func NewApp(stdout, stderr io.Writer) *cli.App {
 			createCommand(),
 			rebaseCommand(),
 		},
+	}
+	for _, cmd := range app.Commands {
+		cmd.OnUsageError = usageError
 	}
 	return app
 }

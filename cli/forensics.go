@@ -95,8 +95,8 @@ func clustersCommand() *cli.Command {
 		ArgsUsage: "IMAGE",
 		Flags: append(chainFlags(), outputFlag(), snapshotFlag(),
 			&cli.IntFlag{Name: "layer", Value: -1, Usage: "show layer `N` alone (0 = top), unallocated runs included"},
-			&cli.Uint64Flag{Name: "start-offset", Usage: "first guest byte"},
-			&cli.Uint64Flag{Name: "max-length", Usage: "at most `N` bytes"},
+			sizeFlag("start-offset", "first guest byte (suffixes k, M, G, T)"),
+			sizeFlag("max-length", "at most `N` bytes"),
 		),
 		Action: func(c *cli.Context) error {
 			name, err := oneImage(c)
@@ -117,16 +117,17 @@ func clustersCommand() *cli.Command {
 				return fmt.Errorf("%s: --layer %d: the chain has %d layers (0 to %d)", name, layer, len(chain.Layers), len(chain.Layers)-1)
 			}
 			length := ^uint64(0)
-			if c.IsSet("max-length") {
-				length = c.Uint64("max-length")
+			if n, ok := sizeOf(c, "max-length"); ok {
+				length = n
 			}
+			start, _ := sizeOf(c, "start-offset")
 			bw := bufio.NewWriterSize(c.App.Writer, 256<<10)
 			defer bw.Flush()
 			lw := newListWriter(bw, asJSON)
 			if !asJSON {
 				fmt.Fprintf(bw, "%-16s%-16s%-7s%-18s%-16s%s\n", "Offset", "Length", "Layer", "Type", "Host offset", "File / details")
 			}
-			err = chain.Clusters(c.Uint64("start-offset"), length, layer, func(r *qcow2.ClusterRun) error {
+			err = chain.Clusters(start, length, layer, func(r *qcow2.ClusterRun) error {
 				if asJSON {
 					return lw.item(r)
 				}

@@ -12,8 +12,8 @@ func mapCommand() *cli.Command {
 		Usage:     "show which layer and host offset backs each guest range, as qemu-img map",
 		ArgsUsage: "IMAGE",
 		Flags: append(chainFlags(), outputFlag(), snapshotFlag(),
-			&cli.Uint64Flag{Name: "start-offset", Usage: "first guest byte to map"},
-			&cli.Uint64Flag{Name: "max-length", Usage: "map at most `N` bytes"},
+			sizeFlag("start-offset", "first guest byte to map (suffixes k, M, G, T)"),
+			sizeFlag("max-length", "map at most `N` bytes"),
 		),
 		Action: runMap,
 	}
@@ -34,13 +34,14 @@ func runMap(c *cli.Context) error {
 	}
 	defer done()
 	length := ^uint64(0)
-	if c.IsSet("max-length") {
-		length = c.Uint64("max-length")
+	if n, ok := sizeOf(c, "max-length"); ok {
+		length = n
 	}
+	start, _ := sizeOf(c, "start-offset")
 	if asJSON {
-		return chain.WriteMapJSON(c.App.Writer, c.Uint64("start-offset"), length)
+		return chain.WriteMapJSON(c.App.Writer, start, length)
 	}
-	if err := chain.WriteMapHuman(c.App.Writer, c.Uint64("start-offset"), length); err != nil {
+	if err := chain.WriteMapHuman(c.App.Writer, start, length); err != nil {
 		return fmt.Errorf("%s: %w (use --output=json)", name, err)
 	}
 	return nil
