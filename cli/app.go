@@ -56,6 +56,8 @@ func NewApp(stdout, stderr io.Writer) *cli.App {
 			rebaseCommand(),
 		},
 	}
+	app.Commands = append(app.Commands, blockCommands()...)
+	app.Commands = append(app.Commands, snapshotCommands()...)
 	for _, cmd := range app.Commands {
 		cmd.OnUsageError = usageError
 	}

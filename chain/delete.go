@@ -1,0 +1,431 @@
+package chain
+
+import (
+	"fmt"
+	"path/filepath"
+	"slices"
+
+	"github.com/qchain/qchain/qcow2"
+)
+
+// Merge directions for Delete.
+const (
+	MergeAuto   = "auto"
+	MergeCommit = "commit"
+	MergePull   = "pull"
+)
+
+// DeleteOptions choose how Delete removes a snapshot.
+type DeleteOptions struct {
+	// Merge is auto (the direction that copies fewer bytes), commit or pull.
+	Merge string
+	// Children deletes the snapshot's whole subtree and its files.
+	Children bool
+	// MetadataOnly forgets the snapshot and touches no file.
+	MetadataOnly bool
+}
+
+// Plan is what an operation will do: its steps and the metadata after.
+type Plan struct {
+	VM       string `json:"vm"`
+	Op       string `json:"op"`
+	Snapshot string `json:"snapshot"`
+	Steps    []Step `json:"steps"`
+	// Before and After draw each disk's active chain, `base <- a <- b*`.
+	Before map[string]string `json:"before"`
+	After  map[string]string `json:"after"`
+	// Changed lists the files the plan writes, creates or removes.
+	Changed []string `json:"changed"`
+	// Bytes is the total data the plan copies.
+	Bytes uint64 `json:"bytes"`
+	// Notes explain the choices (merge direction, refusals avoided).
+	Notes []string `json:"notes,omitempty"`
+	Final *VM      `json:"-"`
+}
+
+// PlanDelete computes how to delete snapshot name of vm without changing
+// what any other snapshot or the current state reads. It reads headers and
+// allocation only; nothing is written.
+func (m *Manager) PlanDelete(vm *VM, name string, opts DeleteOptions) (*Plan, error) {
+	s := vm.Snapshot(name)
+	if s == nil {
+		return nil, fmt.Errorf("VM %s has no snapshot %s", vm.Name, name)
+	}
+	if opts.Merge == "" {
+		opts.Merge = MergeAuto
+	}
+	if opts.Merge != MergeAuto && opts.Merge != MergeCommit && opts.Merge != MergePull {
+		return nil, fmt.Errorf("--merge must be auto, commit or pull, not %q", opts.Merge)
+	}
+	p := &Plan{VM: vm.Name, Op: "delete", Snapshot: name, Before: map[string]string{}, After: map[string]string{}}
+	final := clone(vm)
+	switch {
+	case opts.MetadataOnly:
+		p.Notes = append(p.Notes, "metadata only: the snapshot is forgotten, every file stays as it is")
+	case opts.Children:
+		if err := m.planSubtree(vm, final, p, name); err != nil {
+			return nil, err
+		}
+	default:
+		for _, d := range vm.Disks {
+			if err := m.planMerge(vm, final, p, s, d.Target, opts.Merge); err != nil {
+				return nil, err
+			}
+		}
+	}
+	removeSnapshots(final, name, opts.Children)
+	p.Final = final
+	for _, st := range p.Steps {
+		p.Bytes += st.Bytes
+		f := st.File
+		if st.Kind == StepCommit {
+			f = st.Base
+		}
+		if f != "" && !slices.Contains(p.Changed, f) {
+			p.Changed = append(p.Changed, f)
+		}
+	}
+	if err := drawChains(vm, final, p); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// removeSnapshots drops name (and with children its subtree) from the
+// metadata, reparenting children to name's parent.
+func removeSnapshots(vm *VM, name string, subtree bool) {
+	s := vm.Snapshot(name)
+	gone := []string{name}
+	if subtree {
+		gone = vm.Subtree(name)
+	}
+	for _, c := range vm.Snapshots {
+		if c.Parent == name && !subtree {
+			c.Parent = s.Parent
+		}
+	}
+	if slices.Contains(gone, vm.Current) {
+		vm.Current = s.Parent
+	}
+	vm.Snapshots = slices.DeleteFunc(vm.Snapshots, func(x *Snapshot) bool { return slices.Contains(gone, x.Name) })
+}
+
+// trackedParent returns the nearest file below f in its chain that the
+// metadata names as a snapshot file ("" when none).
+func trackedParent(f string, snapFiles []string) (string, error) {
+	ch, err := chainOf(f)
+	if err != nil {
+		return "", err
+	}
+	for _, g := range ch[1:] {
+		for _, sf := range snapFiles {
+			if sameFile(g, sf) {
+				return sf, nil
+			}
+		}
+	}
+	return "", nil
+}
+
+// usedElsewhere reports whether another VM of the state directory reads
+// file through any of its chains.
+func (m *Manager) usedElsewhere(vm *VM, file string) (string, error) {
+	names, err := m.Store.List()
+	if err != nil {
+		return "", err
+	}
+	for _, n := range names {
+		if n == vm.Name {
+			continue
+		}
+		other, err := m.Store.Load(n)
+		if err != nil {
+			continue
+		}
+		for _, d := range other.Disks {
+			for _, t := range other.trackedFiles(d.Target) {
+				ch, err := chainOf(t)
+				if err != nil {
+					continue
+				}
+				if inChain(ch, file) >= 0 {
+					return n, nil
+				}
+			}
+		}
+	}
+	return "", nil
+}
+
+// planMerge adds the steps that delete snapshot s's point in time from one
+// disk, by commit or by pull.
+func (m *Manager) planMerge(vm, final *VM, p *Plan, s *Snapshot, target, merge string) error {
+	fs := s.File(target)
+	var snapFiles []string
+	for _, x := range vm.Snapshots {
+		snapFiles = append(snapFiles, x.File(target))
+	}
+	// The files that sit directly on fs (no other snapshot file between):
+	// the children's files and, when s is current, the active image.
+	var deps []string
+	for _, t := range vm.trackedFiles(target) {
+		if t == fs {
+			continue
+		}
+		tp, err := trackedParent(t, snapFiles)
+		if err != nil {
+			return err
+		}
+		if tp == fs && !slices.Contains(deps, t) {
+			deps = append(deps, t)
+		}
+	}
+	other, err := m.usedElsewhere(vm, fs)
+	if err != nil {
+		return err
+	}
+	if len(deps) == 0 {
+		if vm.owns(fs) && other == "" {
+			p.Steps = append(p.Steps, Step{Kind: StepRemove, Target: target, File: fs, Why: "nothing depends on it any more"})
+			final.disown(fs)
+		}
+		return nil
+	}
+	fsBacking, _, fsFmt, err := backingOf(fs)
+	if err != nil {
+		return err
+	}
+	// Measure both directions with the reader.
+	commitOK, why := true, ""
+	switch {
+	case len(deps) > 1:
+		commitOK, why = false, fmt.Sprintf("%d images depend on %s (branches)", len(deps), filepath.Base(fs))
+	case other != "":
+		commitOK, why = false, fmt.Sprintf("VM %s also uses %s", other, filepath.Base(fs))
+	}
+	var commitBytes, pullBytes uint64
+	for _, dep := range deps {
+		db, _, _, err := backingOf(dep)
+		if err != nil {
+			return err
+		}
+		if !sameFile(db, fs) {
+			commitOK, why = false, fmt.Sprintf("%s does not sit directly on %s", filepath.Base(dep), filepath.Base(fs))
+		}
+		c, err := qcow2.OpenChain(dep, qcow2.ChainOptions{})
+		if err != nil {
+			return err
+		}
+		stats, err := c.Stats()
+		var files []string
+		for _, l := range c.Layers {
+			abs, _ := filepath.Abs(l.Filename())
+			files = append(files, abs)
+		}
+		c.Close()
+		if err != nil {
+			return err
+		}
+		commitBytes += stats[0].AllocatedBytes
+		idx := inChain(files, fs)
+		for d := 1; d <= idx; d++ {
+			pullBytes += stats[d].VisibleBytes
+		}
+	}
+	useCommit := false
+	switch merge {
+	case MergeCommit:
+		if !commitOK {
+			return fmt.Errorf("VM %s disk %s: cannot delete snapshot %s by commit: %s; committing would change what they read (use --merge=pull or auto)", vm.Name, target, s.Name, why)
+		}
+		useCommit = true
+	case MergeAuto:
+		useCommit = commitOK && commitBytes <= pullBytes
+	}
+	if useCommit {
+		dep := deps[0]
+		p.Notes = append(p.Notes, fmt.Sprintf("disk %s: commit %s into %s copies %d bytes, pull would copy %d", target, filepath.Base(dep), filepath.Base(fs), commitBytes, pullBytes))
+		p.Steps = append(p.Steps, Step{Kind: StepCommit, Target: target, Top: dep, Base: fs, Bytes: commitBytes,
+			Why: filepath.Base(fs) + " is used by " + filepath.Base(dep) + " alone, and then holds its point in time"})
+		// Images sitting on dep now sit on fs, which reads the same.
+		for _, t := range vm.trackedFiles(target) {
+			if b, _, _, err := backingOf(t); err == nil && sameFile(b, dep) {
+				p.Steps = append(p.Steps, Step{Kind: StepRebase, Target: target, File: t, Backing: relName(t, fs), BackingFmt: "qcow2",
+					Why: "its backing file " + filepath.Base(dep) + " was committed into " + filepath.Base(fs)})
+			}
+		}
+		if vm.owns(dep) {
+			p.Steps = append(p.Steps, Step{Kind: StepRemove, Target: target, File: dep, Why: "committed into " + filepath.Base(fs)})
+			final.disown(dep)
+		}
+		for _, x := range final.Snapshots {
+			if x.File(target) == dep {
+				x.setFile(target, fs)
+			}
+		}
+		if d := final.Disk(target); d.Active == dep {
+			d.Active = fs
+		}
+		return nil
+	}
+	reason := ""
+	if !commitOK {
+		reason = " (commit impossible: " + why + ")"
+	}
+	p.Notes = append(p.Notes, fmt.Sprintf("disk %s: pull %s into %d image(s) copies %d bytes%s", target, filepath.Base(fs), len(deps), pullBytes, reason))
+	for _, dep := range deps {
+		st := Step{Kind: StepPull, Target: target, File: dep, Base: fsBacking, BackingFmt: fsFmt, Why: "keep what " + filepath.Base(dep) + " reads without " + filepath.Base(fs)}
+		if fsBacking != "" {
+			st.Backing = relName(dep, fsBacking)
+		}
+		st.Bytes = pullBytes / uint64(len(deps))
+		p.Steps = append(p.Steps, st)
+	}
+	if vm.owns(fs) && other == "" {
+		p.Steps = append(p.Steps, Step{Kind: StepRemove, Target: target, File: fs, Why: "pulled into every image that used it"})
+		final.disown(fs)
+	}
+	return nil
+}
+
+// planSubtree deletes snapshot name, every snapshot below it and their
+// files. The current state must not descend from them.
+func (m *Manager) planSubtree(vm, final *VM, p *Plan, name string) error {
+	sub := vm.Subtree(name)
+	if slices.Contains(sub, vm.Current) {
+		return fmt.Errorf("VM %s: the current state descends from snapshot %s; revert to a snapshot outside its subtree before deleting it with --children", vm.Name, name)
+	}
+	for _, d := range vm.Disks {
+		var keep []string // files outside the subtree
+		for _, t := range vm.trackedFiles(d.Target) {
+			inSub := false
+			for _, x := range sub {
+				if vm.Snapshot(x).File(d.Target) == t {
+					inSub = true
+				}
+			}
+			if !inSub {
+				keep = append(keep, t)
+			}
+		}
+		for _, x := range sub {
+			f := vm.Snapshot(x).File(d.Target)
+			if !vm.owns(f) {
+				continue
+			}
+			used := false
+			for _, k := range keep {
+				if ch, err := chainOf(k); err == nil && inChain(ch, f) >= 0 {
+					used = true
+				}
+			}
+			if other, _ := m.usedElsewhere(vm, f); other != "" {
+				used = true
+			}
+			if !used {
+				p.Steps = append(p.Steps, Step{Kind: StepRemove, Target: d.Target, File: f, Why: "file of snapshot " + x + ", deleted with its subtree"})
+				final.disown(f)
+			}
+		}
+	}
+	return nil
+}
+
+// drawChains fills Before (from the files) and After (simulating the steps
+// on the backing links) for each disk's active image.
+func drawChains(vm, final *VM, p *Plan) error {
+	for _, d := range vm.Disks {
+		ch, err := chainOf(d.Active)
+		if err != nil {
+			return err
+		}
+		p.Before[d.Target] = Tree(ch, d.Active)
+		// Backing links after the steps.
+		link := map[string]string{}
+		var known []string
+		for _, t := range append(vm.trackedFiles(d.Target), ch...) {
+			c, err := chainOf(t)
+			if err != nil {
+				continue
+			}
+			for i := 0; i+1 < len(c); i++ {
+				link[c[i]] = c[i+1]
+			}
+			known = append(known, c...)
+		}
+		removed := map[string]bool{}
+		for _, s := range p.Steps {
+			if s.Target != d.Target {
+				continue
+			}
+			switch s.Kind {
+			case StepPull:
+				link[s.File] = s.Base
+			case StepRebase:
+				link[s.File] = qcow2.BackingPath(s.File, s.Backing)
+				if abs, err := filepath.Abs(link[s.File]); err == nil {
+					link[s.File] = abs
+				}
+			case StepRemove:
+				removed[s.File] = true
+			}
+		}
+		active := final.Disk(d.Target).Active
+		var after []string
+		for f := active; f != "" && len(after) <= qcow2.MaxChainDepth; f = link[f] {
+			if removed[f] {
+				return fmt.Errorf("plan for disk %s removes %s, which the result still needs", d.Target, f)
+			}
+			after = append(after, f)
+		}
+		p.After[d.Target] = Tree(after, active)
+	}
+	return nil
+}
+
+// Delete removes snapshot name as PlanDelete plans it. With dryRun it only
+// returns the plan.
+func (m *Manager) Delete(vmName, name string, opts DeleteOptions, dryRun bool) (*Plan, error) {
+	l, err := m.Store.Lock(vmName, false)
+	if err != nil {
+		return nil, err
+	}
+	defer l.Unlock()
+	if err := Verify(l.VM); err != nil {
+		return nil, err
+	}
+	p, err := m.PlanDelete(l.VM, name, opts)
+	if err != nil || dryRun {
+		return p, err
+	}
+	ex, done, err := m.executor(l.VM)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	j := &Journal{Op: "delete", Snapshot: name, Started: m.now(), Steps: p.Steps, Final: p.Final, Live: ex.Live != nil}
+	return p, l.run(j, ex)
+}
+
+// Rotate keeps the keep newest snapshots of the current branch (the
+// current snapshot and its ancestors) and deletes the older ones, oldest
+// first, each merged the cheaper way.
+func (m *Manager) Rotate(vmName string, keep int) ([]*Plan, error) {
+	if keep < 0 {
+		return nil, fmt.Errorf("--keep must be 0 or more")
+	}
+	vm, err := m.Store.Load(vmName)
+	if err != nil {
+		return nil, err
+	}
+	branch := vm.Ancestors(vm.Current)
+	var plans []*Plan
+	for i := len(branch) - 1; i >= keep; i-- {
+		p, err := m.Delete(vmName, branch[i], DeleteOptions{Merge: MergeAuto}, false)
+		if err != nil {
+			return plans, err
+		}
+		plans = append(plans, p)
+	}
+	return plans, nil
+}

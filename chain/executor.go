@@ -1,0 +1,188 @@
+package chain
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/qchain/qchain/qcow2"
+	"github.com/qchain/qchain/qmp"
+)
+
+// Executor runs plan steps.
+type Executor interface {
+	Run(s Step) error
+}
+
+// Offline runs steps on files no process has open: metadata steps natively,
+// data moves as block jobs on a private qemu-storage-daemon.
+type Offline struct {
+	Ctx context.Context
+	// StorageDaemon overrides the qemu-storage-daemon binary.
+	StorageDaemon string
+	// Progress, when set, receives each data step's progress.
+	Progress func(s Step, current, total int64)
+	// Live, when set, runs the steps that touch the running VM's chain
+	// through its QMP monitor instead (see Live).
+	Live *Live
+}
+
+func (o *Offline) ctx() context.Context {
+	if o.Ctx == nil {
+		return context.Background()
+	}
+	return o.Ctx
+}
+
+// Run implements Executor.
+func (o *Offline) Run(s Step) error {
+	if o.Live != nil {
+		if handled, err := o.Live.run(o.ctx(), s); handled {
+			return err
+		}
+	}
+	switch s.Kind {
+	case StepCreateOverlay:
+		return createOverlay(s.File, s.Backing, s.BackingFmt)
+	case StepRebase:
+		return qcow2.Rebase(s.File, s.Backing, s.BackingFmt)
+	case StepRemove:
+		if err := os.Remove(s.File); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		return syncDir(filepath.Dir(s.File))
+	case StepPull, StepCommit:
+		return o.job(s)
+	case StepLiveSnapshot:
+		return fmt.Errorf("the VM is not running: its QMP socket does not answer")
+	}
+	return fmt.Errorf("unknown step kind %q", s.Kind)
+}
+
+// createOverlay creates file on backing unless it already exists as that
+// overlay (a step run again after an interruption).
+func createOverlay(file, backing, format string) error {
+	if f, err := qcow2.Open(file); err == nil {
+		defer f.Close()
+		if f.Header.BackingFile == backing {
+			return nil
+		}
+		return fmt.Errorf("%s exists and is not an overlay of %s", file, backing)
+	}
+	return qcow2.Create(file, qcow2.CreateOptions{BackingFile: backing, BackingFormat: format})
+}
+
+// graph is the blockdev description of a file's chain, for a storage
+// daemon: one node per layer, "l0" the top.
+type graph struct {
+	blockdevs []any
+	nodes     []string
+	files     []string
+}
+
+func chainGraph(top string) (*graph, error) {
+	c, err := qcow2.OpenChain(top, qcow2.ChainOptions{})
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	g := &graph{}
+	n := len(c.Layers)
+	for d := n - 1; d >= 0; d-- {
+		l := c.Layers[d]
+		abs, err := filepath.Abs(l.Filename())
+		if err != nil {
+			return nil, err
+		}
+		node := fmt.Sprintf("l%d", d)
+		bd := map[string]any{
+			"driver":    l.Format(),
+			"node-name": node,
+			"file":      map[string]any{"driver": "file", "filename": abs},
+		}
+		if l.Format() == "qcow2" {
+			if d == n-1 {
+				bd["backing"] = nil
+			} else {
+				bd["backing"] = fmt.Sprintf("l%d", d+1)
+			}
+		}
+		g.blockdevs = append(g.blockdevs, bd)
+	}
+	for d := 0; d < n; d++ {
+		abs, _ := filepath.Abs(c.Layers[d].Filename())
+		g.nodes = append(g.nodes, fmt.Sprintf("l%d", d))
+		g.files = append(g.files, abs)
+	}
+	return g, nil
+}
+
+// node returns the node of file in the graph.
+func (g *graph) node(file string) (string, error) {
+	st, err := os.Stat(file)
+	if err != nil {
+		return "", err
+	}
+	for i, f := range g.files {
+		if fst, err := os.Stat(f); err == nil && os.SameFile(st, fst) {
+			return g.nodes[i], nil
+		}
+	}
+	return "", fmt.Errorf("%s is not in the chain of %s", file, g.files[0])
+}
+
+// job runs a pull or a commit on a private storage daemon.
+func (o *Offline) job(s Step) error {
+	top := s.File
+	if s.Kind == StepCommit {
+		top = s.Top
+	}
+	g, err := chainGraph(top)
+	if err != nil {
+		return err
+	}
+	ctx := o.ctx()
+	startCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	d, err := qmp.StartStorageDaemon(startCtx, qmp.StorageDaemonOptions{Binary: o.StorageDaemon, Blockdevs: g.blockdevs})
+	cancel()
+	if err != nil {
+		return err
+	}
+	defer d.Close(context.Background())
+	var starter qmp.JobStarter
+	switch s.Kind {
+	case StepPull:
+		js := qmp.BlockStream{JobID: "qchain-pull", Device: g.nodes[0]}
+		if s.Base != "" {
+			if js.BaseNode, err = g.node(s.Base); err != nil {
+				return err
+			}
+			js.BackingFile = s.Backing
+		}
+		starter = js
+	case StepCommit:
+		base, err := g.node(s.Base)
+		if err != nil {
+			return err
+		}
+		if base != "l1" {
+			return fmt.Errorf("commit: %s is not the backing file of %s", s.Base, s.Top)
+		}
+		starter = qmp.BlockCommit{JobID: "qchain-commit", Device: g.nodes[0], BaseNode: base}
+	}
+	job, err := qmp.StartJob(ctx, d.Conn, starter)
+	if err != nil {
+		return err
+	}
+	opts := qmp.WaitOptions{OnReady: qmp.ReadyPivot}
+	if o.Progress != nil {
+		opts.Progress = func(cur, total int64) { o.Progress(s, cur, total) }
+	}
+	if _, err := job.Wait(ctx, opts); err != nil {
+		return err
+	}
+	return d.Close(ctx)
+}

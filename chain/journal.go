@@ -1,0 +1,160 @@
+package chain
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// Step kinds. Every step can be run again after an interruption with the
+// same result (roll forward), which is what Recover relies on.
+const (
+	// StepCreateOverlay creates File, an empty qcow2 overlay of Backing.
+	StepCreateOverlay = "create-overlay"
+	// StepLiveSnapshot makes the overlays of Targets the running VM's
+	// active images in one QMP transaction.
+	StepLiveSnapshot = "live-snapshot"
+	// StepPull copies into File every byte it reads through its backing
+	// chain down to (not including) Base; "" pulls everything. File's
+	// backing file becomes Base.
+	StepPull = "pull"
+	// StepCommit copies Top's data into Base (Top's backing file); Base
+	// then reads as Top did.
+	StepCommit = "commit"
+	// StepRebase rewrites File's recorded backing name to Backing, which
+	// reads the same as the old one (no data moves).
+	StepRebase = "rebase"
+	// StepRemove deletes File, which nothing needs any more.
+	StepRemove = "remove"
+)
+
+// Step is one action of a plan.
+type Step struct {
+	Kind       string   `json:"kind"`
+	Target     string   `json:"target,omitempty"` // disk target
+	File       string   `json:"file,omitempty"`
+	Top        string   `json:"top,omitempty"`
+	Base       string   `json:"base,omitempty"`
+	Backing    string   `json:"backing,omitempty"`
+	BackingFmt string   `json:"backing_format,omitempty"`
+	Targets    []string `json:"targets,omitempty"`
+	Files      []string `json:"files,omitempty"`
+	// Bytes is what the step copies, as measured when planned.
+	Bytes uint64 `json:"bytes,omitempty"`
+	Why   string `json:"why,omitempty"`
+	Done  bool   `json:"done"`
+}
+
+// String describes the step in one line.
+func (s Step) String() string {
+	switch s.Kind {
+	case StepCreateOverlay:
+		return fmt.Sprintf("create overlay %s on %s", s.File, s.Backing)
+	case StepLiveSnapshot:
+		return fmt.Sprintf("switch the running VM's disks %v to new overlays in one transaction", s.Targets)
+	case StepPull:
+		base := s.Base
+		if base == "" {
+			base = "(nothing: full copy)"
+		}
+		return fmt.Sprintf("pull into %s down to %s (%d bytes)", s.File, base, s.Bytes)
+	case StepCommit:
+		return fmt.Sprintf("commit %s into %s (%d bytes)", s.Top, s.Base, s.Bytes)
+	case StepRebase:
+		return fmt.Sprintf("rebase %s onto %s (metadata only)", s.File, s.Backing)
+	case StepRemove:
+		return fmt.Sprintf("remove %s", s.File)
+	}
+	return s.Kind
+}
+
+// Journal is an operation in progress: its steps, which are done, and the
+// metadata to save when all are.
+type Journal struct {
+	Op       string    `json:"op"`
+	Snapshot string    `json:"snapshot"`
+	Started  time.Time `json:"started"`
+	Steps    []Step    `json:"steps"`
+	// Final is the VM's metadata once every step is done.
+	Final *VM `json:"final"`
+	// Live says whether the plan was made for a running VM.
+	Live bool `json:"live"`
+}
+
+func (j *Journal) nextStep() int {
+	for i, s := range j.Steps {
+		if !s.Done {
+			return i
+		}
+	}
+	return len(j.Steps)
+}
+
+func (l *Locked) journalPath() string { return filepath.Join(l.st.vmDir(l.VM.Name), "journal.json") }
+
+// journal returns the unfinished journal, or nil.
+func (l *Locked) journal() (*Journal, error) {
+	b, err := os.ReadFile(l.journalPath())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	j := &Journal{}
+	if err := json.Unmarshal(b, j); err != nil {
+		return nil, fmt.Errorf("VM %s: journal %s is corrupt: %w", l.VM.Name, l.journalPath(), err)
+	}
+	return j, nil
+}
+
+func (l *Locked) writeJournal(j *Journal) error {
+	b, err := json.MarshalIndent(j, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeAtomic(l.journalPath(), append(b, '\n'))
+}
+
+func (l *Locked) dropJournal() error {
+	if err := os.Remove(l.journalPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return syncDir(filepath.Dir(l.journalPath()))
+}
+
+// StepHook, when set, is called before each step runs (tests use it to
+// simulate a crash at every step).
+var StepHook func(op string, index int, s Step)
+
+// run executes a journal from its first unfinished step, recording each
+// step as done, then saves the final metadata and drops the journal.
+func (l *Locked) run(j *Journal, ex Executor) error {
+	if err := l.writeJournal(j); err != nil {
+		return err
+	}
+	for i := range j.Steps {
+		if j.Steps[i].Done {
+			continue
+		}
+		if StepHook != nil {
+			StepHook(j.Op, i, j.Steps[i])
+		}
+		if err := ex.Run(j.Steps[i]); err != nil {
+			return fmt.Errorf("VM %s: %s of %s: step %d (%s): %w; the operation is journaled: fix the cause and run `qchain recover %s`",
+				l.VM.Name, j.Op, j.Snapshot, i+1, j.Steps[i], err, l.VM.Name)
+		}
+		j.Steps[i].Done = true
+		if err := l.writeJournal(j); err != nil {
+			return err
+		}
+	}
+	l.VM = j.Final
+	if err := l.Save(); err != nil {
+		return err
+	}
+	return l.dropJournal()
+}

@@ -1,0 +1,177 @@
+package chain
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/qchain/qchain/qmp"
+)
+
+// Live runs steps that touch a running VM's disks through its QMP monitor.
+type Live struct {
+	Conn *qmp.Conn
+	// Progress, when set, receives each job's progress.
+	Progress func(s Step, current, total int64)
+}
+
+// DialVM connects to a VM's QMP socket; an error means it is not running
+// (or the socket is not a QMP monitor).
+func DialVM(ctx context.Context, vm *VM) (*qmp.Conn, error) {
+	if vm.QMP == "" {
+		return nil, fmt.Errorf("VM %s has no QMP socket", vm.Name)
+	}
+	if _, err := os.Stat(vm.QMP); err != nil {
+		return nil, err
+	}
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	return qmp.Dial(dctx, vm.QMP, qmp.Options{})
+}
+
+// runningChains returns, per disk of the running VM, its layers top first.
+func (l *Live) runningChains(ctx context.Context) ([]qmp.Disk, error) {
+	return qmp.DiskChains(ctx, l.Conn)
+}
+
+// diskFor finds the running disk whose chain holds file, and the index of
+// the layer.
+func (l *Live) diskFor(ctx context.Context, file string) (*qmp.Disk, int, error) {
+	disks, err := l.runningChains(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	st, err := os.Stat(file)
+	if err != nil {
+		return nil, 0, err
+	}
+	for i := range disks {
+		for j, layer := range disks[i].Chain {
+			if lst, err := os.Stat(layer.Filename); err == nil && os.SameFile(st, lst) {
+				return &disks[i], j, nil
+			}
+		}
+	}
+	return nil, -1, nil
+}
+
+// run handles the steps that concern files open in the running VM.
+// handled is false for steps that do not (they run offline).
+func (l *Live) run(ctx context.Context, s Step) (handled bool, err error) {
+	switch s.Kind {
+	case StepLiveSnapshot:
+		return true, l.snapshot(ctx, s)
+	case StepPull:
+		d, idx, err := l.diskFor(ctx, s.File)
+		if err != nil || d == nil {
+			return false, nil
+		}
+		js := qmp.BlockStream{JobID: qmp.JobID("pull", d.Name()), Device: d.Chain[idx].NodeName}
+		if s.Base != "" {
+			_, bidx, err := l.diskFor(ctx, s.Base)
+			if err != nil {
+				return true, err
+			}
+			if bidx < 0 {
+				return true, fmt.Errorf("%s is not in the running chain of %s", s.Base, d.Name())
+			}
+			js.BaseNode = d.Chain[bidx].NodeName
+			js.BackingFile = s.Backing
+		}
+		return true, l.wait(ctx, s, js)
+	case StepCommit:
+		d, idx, err := l.diskFor(ctx, s.Top)
+		if err != nil || d == nil {
+			return false, nil
+		}
+		if idx+1 >= len(d.Chain) {
+			return true, fmt.Errorf("%s has no backing file in the running VM", s.Top)
+		}
+		jc := qmp.BlockCommit{JobID: qmp.JobID("commit", d.Name()), Device: d.Chain[0].NodeName, BaseNode: d.Chain[idx+1].NodeName}
+		if idx > 0 {
+			jc.TopNode = d.Chain[idx].NodeName
+		}
+		return true, l.wait(ctx, s, jc)
+	case StepRebase:
+		// A file the running VM has open is rewritten by qemu itself (the
+		// job above it recorded the new backing name); the step is done.
+		d, _, err := l.diskFor(ctx, s.File)
+		if err == nil && d != nil {
+			return true, nil
+		}
+	case StepRemove:
+		if d, _, err := l.diskFor(ctx, s.File); err == nil && d != nil {
+			return true, fmt.Errorf("refusing to remove %s: the running VM still uses it", s.File)
+		}
+	}
+	return false, nil
+}
+
+func (l *Live) wait(ctx context.Context, s Step, js qmp.JobStarter) error {
+	job, err := qmp.StartJob(ctx, l.Conn, js)
+	if err != nil {
+		return err
+	}
+	opts := qmp.WaitOptions{OnReady: qmp.ReadyPivot}
+	if l.Progress != nil {
+		opts.Progress = func(cur, total int64) { l.Progress(s, cur, total) }
+	}
+	_, err = job.Wait(ctx, opts)
+	return err
+}
+
+// snapshot adds the prepared overlays and makes them active in one
+// transaction; if they already are (a step run again), it does nothing.
+func (l *Live) snapshot(ctx context.Context, s Step) error {
+	disks, err := l.runningChains(ctx)
+	if err != nil {
+		return err
+	}
+	var actions []qmp.TransactionAction
+	var added []string
+	for i, target := range s.Targets {
+		file := s.Files[i]
+		d := findDisk(disks, target)
+		if d == nil {
+			return fmt.Errorf("the running VM has no disk %s", target)
+		}
+		if same(d.Chain[0].Filename, file) {
+			continue
+		}
+		node := qmp.NodeName("snap", target+"-"+file)
+		if err := l.Conn.BlockdevAdd(ctx, map[string]any{
+			"driver": "qcow2", "node-name": node, "backing": nil,
+			"file": map[string]any{"driver": "file", "filename": file},
+		}); err != nil {
+			return fmt.Errorf("adding overlay %s: %w", file, err)
+		}
+		added = append(added, node)
+		actions = append(actions, qmp.TransactionAction{Type: "blockdev-snapshot", Data: map[string]any{"node": d.Chain[0].NodeName, "overlay": node}})
+	}
+	if len(actions) == 0 {
+		return nil
+	}
+	if err := l.Conn.Transaction(ctx, actions, nil); err != nil {
+		for _, n := range added {
+			l.Conn.BlockdevDel(context.Background(), n)
+		}
+		return err
+	}
+	return nil
+}
+
+func findDisk(disks []qmp.Disk, target string) *qmp.Disk {
+	for i := range disks {
+		if disks[i].Name() == target || disks[i].Device == target || disks[i].QDev == target || disks[i].NodeName == target {
+			return &disks[i]
+		}
+	}
+	return nil
+}
+
+func same(a, b string) bool {
+	sa, err1 := os.Stat(a)
+	sb, err2 := os.Stat(b)
+	return err1 == nil && err2 == nil && os.SameFile(sa, sb)
+}

@@ -1,0 +1,179 @@
+package chain
+
+import (
+	"fmt"
+	"slices"
+	"time"
+)
+
+// VM is a virtual machine's disks and snapshot tree, as stored in the
+// state directory.
+type VM struct {
+	Name  string `json:"name"`
+	Disks []Disk `json:"disks"`
+	// QMP and QGA are the unix sockets of the VM's QMP monitor and guest
+	// agent, when it has them.
+	QMP string `json:"qmp,omitempty"`
+	QGA string `json:"qga,omitempty"`
+	// Snapshots in creation order.
+	Snapshots []*Snapshot `json:"snapshots"`
+	// Current is the snapshot the current state descends from ("" before
+	// the first snapshot or after its deletion up to the root).
+	Current string `json:"current,omitempty"`
+	// Owned lists the files qchain created for this VM (overlays). Only
+	// these are ever deleted, and the VM's original images are never
+	// written into.
+	Owned []string `json:"owned,omitempty"`
+}
+
+// Disk is one disk of a VM.
+type Disk struct {
+	Target string `json:"target"`
+	// Active is the absolute path of the image the guest writes to.
+	Active string `json:"active"`
+}
+
+// Snapshot is one point in time of every disk of a VM.
+type Snapshot struct {
+	Name        string         `json:"name"`
+	Parent      string         `json:"parent,omitempty"`
+	Created     time.Time      `json:"created"`
+	Description string         `json:"description,omitempty"`
+	Disks       []SnapshotDisk `json:"disks"`
+}
+
+// SnapshotDisk says which file holds a snapshot's content of one disk
+// (with that file's backing chain).
+type SnapshotDisk struct {
+	Target string `json:"target"`
+	File   string `json:"file"`
+}
+
+// Snapshot returns the named snapshot or nil.
+func (vm *VM) Snapshot(name string) *Snapshot {
+	for _, s := range vm.Snapshots {
+		if s.Name == name {
+			return s
+		}
+	}
+	return nil
+}
+
+// Children returns the names of the snapshots whose parent is name ("" for
+// the roots), in creation order.
+func (vm *VM) Children(name string) []string {
+	var out []string
+	for _, s := range vm.Snapshots {
+		if s.Parent == name {
+			out = append(out, s.Name)
+		}
+	}
+	return out
+}
+
+// Disk returns the disk with the target or nil.
+func (vm *VM) Disk(target string) *Disk {
+	for i := range vm.Disks {
+		if vm.Disks[i].Target == target {
+			return &vm.Disks[i]
+		}
+	}
+	return nil
+}
+
+// File returns the file of snapshot s for target.
+func (s *Snapshot) File(target string) string {
+	for _, d := range s.Disks {
+		if d.Target == target {
+			return d.File
+		}
+	}
+	return ""
+}
+
+func (s *Snapshot) setFile(target, file string) {
+	for i := range s.Disks {
+		if s.Disks[i].Target == target {
+			s.Disks[i].File = file
+		}
+	}
+}
+
+// owns reports whether qchain created the file for this VM.
+func (vm *VM) owns(file string) bool { return slices.Contains(vm.Owned, file) }
+
+func (vm *VM) disown(file string) {
+	vm.Owned = slices.DeleteFunc(vm.Owned, func(f string) bool { return f == file })
+}
+
+// Ancestors returns the names from name up to the root, name first.
+func (vm *VM) Ancestors(name string) []string {
+	var out []string
+	for name != "" {
+		s := vm.Snapshot(name)
+		if s == nil || slices.Contains(out, name) {
+			break
+		}
+		out = append(out, name)
+		name = s.Parent
+	}
+	return out
+}
+
+// Subtree returns name and every snapshot below it.
+func (vm *VM) Subtree(name string) []string {
+	out := []string{name}
+	for i := 0; i < len(out); i++ {
+		out = append(out, vm.Children(out[i])...)
+	}
+	return out
+}
+
+// validate checks the model's own consistency.
+func (vm *VM) validate() error {
+	if err := validName("VM", vm.Name); err != nil {
+		return err
+	}
+	if len(vm.Disks) == 0 {
+		return fmt.Errorf("VM %s has no disks", vm.Name)
+	}
+	seen := map[string]bool{}
+	for _, d := range vm.Disks {
+		if err := validName("disk target", d.Target); err != nil {
+			return err
+		}
+		if seen[d.Target] {
+			return fmt.Errorf("VM %s: disk target %s given twice", vm.Name, d.Target)
+		}
+		seen[d.Target] = true
+	}
+	names := map[string]bool{}
+	for _, s := range vm.Snapshots {
+		if names[s.Name] {
+			return fmt.Errorf("VM %s: snapshot %s appears twice", vm.Name, s.Name)
+		}
+		names[s.Name] = true
+	}
+	for _, s := range vm.Snapshots {
+		if s.Parent != "" && !names[s.Parent] {
+			return fmt.Errorf("VM %s: snapshot %s has unknown parent %s", vm.Name, s.Name, s.Parent)
+		}
+	}
+	if vm.Current != "" && !names[vm.Current] {
+		return fmt.Errorf("VM %s: current snapshot %s is unknown", vm.Name, vm.Current)
+	}
+	return nil
+}
+
+// validName accepts names safe as file name parts.
+func validName(what, s string) error {
+	if s == "" || len(s) > 64 {
+		return fmt.Errorf("%s name %q must be 1 to 64 characters", what, s)
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') || s[0] == '.' {
+			return fmt.Errorf("%s name %q may hold only letters, digits, '-', '_' and '.' (not first)", what, s)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,126 @@
+package chain
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/qchain/qchain/qcow2"
+)
+
+// chainOf returns the files of a file's backing chain, the file first,
+// as absolute paths (names resolved as QEMU resolves them).
+func chainOf(file string) ([]string, error) {
+	var out []string
+	cur := file
+	for depth := 0; depth <= qcow2.MaxChainDepth; depth++ {
+		abs, err := filepath.Abs(cur)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, abs)
+		f, err := os.Open(abs)
+		if err != nil {
+			return nil, err
+		}
+		if qcow2.ProbeFormat(f) != "qcow2" {
+			f.Close()
+			return out, nil
+		}
+		st, _ := f.Stat()
+		q, err := qcow2.NewFile(f, st.Size())
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", abs, err)
+		}
+		if q.Header.BackingFile == "" {
+			return out, nil
+		}
+		cur = qcow2.BackingPath(abs, q.Header.BackingFile)
+	}
+	return nil, fmt.Errorf("%s: backing chain deeper than %d", file, qcow2.MaxChainDepth)
+}
+
+// backingOf returns the absolute path of a file's backing file ("" for
+// none) and the name as recorded in its header.
+func backingOf(file string) (abs, recorded, format string, err error) {
+	f, err := qcow2.Open(file)
+	if err != nil {
+		return "", "", "", err
+	}
+	defer f.Close()
+	if f.Header.BackingFile == "" {
+		return "", "", "", nil
+	}
+	abs, err = filepath.Abs(qcow2.BackingPath(file, f.Header.BackingFile))
+	return abs, f.Header.BackingFile, f.Header.BackingFormat, err
+}
+
+func sameFile(a, b string) bool {
+	if a == "" || b == "" {
+		return false
+	}
+	sa, err1 := os.Stat(a)
+	sb, err2 := os.Stat(b)
+	return err1 == nil && err2 == nil && os.SameFile(sa, sb)
+}
+
+func inChain(chain []string, file string) int {
+	for i, f := range chain {
+		if sameFile(f, file) {
+			return i
+		}
+	}
+	return -1
+}
+
+// Verify compares the metadata with the chains the files show: every
+// snapshot file exists, a parent's file is in its children's chains, and
+// the snapshot the current state descends from is in every active chain.
+// A mismatch (a file changed behind qchain's back) is an error.
+func Verify(vm *VM) error {
+	for _, d := range vm.Disks {
+		active, err := chainOf(d.Active)
+		if err != nil {
+			return fmt.Errorf("VM %s disk %s: active image: %w", vm.Name, d.Target, err)
+		}
+		if vm.Current != "" {
+			s := vm.Snapshot(vm.Current)
+			if i := inChain(active, s.File(d.Target)); i < 1 {
+				return fmt.Errorf("VM %s disk %s: the metadata says the current state descends from snapshot %s (%s), but the chain of %s does not contain it: the files changed behind qchain's back",
+					vm.Name, d.Target, s.Name, s.File(d.Target), d.Active)
+			}
+		}
+		for _, s := range vm.Snapshots {
+			f := s.File(d.Target)
+			if f == "" {
+				return fmt.Errorf("VM %s: snapshot %s has no file for disk %s", vm.Name, s.Name, d.Target)
+			}
+			ch, err := chainOf(f)
+			if err != nil {
+				return fmt.Errorf("VM %s disk %s: snapshot %s: %w", vm.Name, d.Target, s.Name, err)
+			}
+			if s.Parent != "" {
+				pf := vm.Snapshot(s.Parent).File(d.Target)
+				if inChain(ch, pf) < 1 {
+					return fmt.Errorf("VM %s disk %s: snapshot %s (%s) should sit on its parent %s (%s), but its chain does not contain it: the files changed behind qchain's back",
+						vm.Name, d.Target, s.Name, f, s.Parent, pf)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// trackedFiles returns, for one disk, every file the metadata names: the
+// snapshot files and the active image.
+func (vm *VM) trackedFiles(target string) []string {
+	var out []string
+	for _, s := range vm.Snapshots {
+		out = append(out, s.File(target))
+	}
+	if d := vm.Disk(target); d != nil {
+		out = append(out, d.Active)
+	}
+	return out
+}
