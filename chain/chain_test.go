@@ -1,11 +1,9 @@
 package chain
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"fmt"
 	"io"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
@@ -89,7 +87,7 @@ func TestSnapshotLifeOffline(t *testing.T) {
 		if err := Verify(vm); err != nil {
 			t.Fatalf("%s: %v", step, err)
 		}
-		for _, f := range append(vm.trackedFiles("vda")) {
+		for _, f := range vm.trackedFiles("vda") {
 			if out, err := exec.Command("qemu-img", "check", f).CombinedOutput(); err != nil {
 				t.Fatalf("%s: qemu-img check %s: %s", step, f, out)
 			}
@@ -104,13 +102,11 @@ func TestSnapshotLifeOffline(t *testing.T) {
 	if len(p.Steps) == 0 || p.Before["vda"] == "" || p.After["vda"] == "" {
 		t.Fatalf("dry run plan: %+v", p)
 	}
-	before, _ := os.ReadFile(active())
 	if _, err := m.Delete("vm1", "s2", DeleteOptions{}, false); err != nil {
 		t.Fatal(err)
 	}
 	delete(sums, "s2")
 	check("deleted s2")
-	_ = before
 	// Newest (under the active image), by commit.
 	if _, err := m.Delete("vm1", "s3", DeleteOptions{Merge: MergeCommit}, false); err != nil {
 		t.Fatal(err)
@@ -132,7 +128,4 @@ func TestSnapshotLifeOffline(t *testing.T) {
 	}
 	delete(sums, "s1")
 	check("deleted s1")
-	if !bytes.Equal(before, before) {
-		t.Fatal()
-	}
 }

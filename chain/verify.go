@@ -124,3 +124,7 @@ func (vm *VM) trackedFiles(target string) []string {
 	}
 	return out
 }
+
+// ChainFiles returns the absolute paths of a file's backing chain, the
+// file first.
+func ChainFiles(file string) ([]string, error) { return chainOf(file) }
