@@ -27,6 +27,7 @@ integration: deps build
 
 demo: deps build
 	@scripts/demo.sh
+	@scripts/demo-snapshots.sh
 
 bench: deps build
 	$(GO) run ./integration/bench
