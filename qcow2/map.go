@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"strconv"
+	"sync"
 )
 
 // MapEntry is one entry of `qemu-img map`: a run of guest bytes with the
@@ -36,7 +38,8 @@ func mergeable(cur, next *MapEntry) bool {
 
 // Map calls fn for each map entry of the guest range [start, start+length)
 // (clipped to the chain's size), in order, merged as qemu-img merges them.
-// fn must not keep the pointer.
+// fn must not keep the pointer. Large ranges are walked by several
+// goroutines, window by window; the entries reach fn in order all the same.
 func (c *Chain) Map(start, length uint64, fn func(*MapEntry) error) error {
 	size := c.Size()
 	end := size
@@ -46,31 +49,134 @@ func (c *Chain) Map(start, length uint64, fn func(*MapEntry) error) error {
 	if length < size-start {
 		end = start + length
 	}
-	w := c.NewWalker()
-	cur := MapEntry{Start: start}
-	for pos := start; pos < end; {
+	workers := min(runtime.GOMAXPROCS(0), maxMapWorkers)
+	win := c.mapWindow()
+	if workers < 2 || end-start < 4*win {
+		cur := MapEntry{Start: start}
+		if err := c.mapRange(c.NewWalker(), start, end, &cur, fn); err != nil {
+			return err
+		}
+		if cur.Length > 0 {
+			return fn(&cur)
+		}
+		return nil
+	}
+	return c.mapParallel(start, end, win, workers, fn)
+}
+
+// maxMapWorkers bounds the goroutines of one Map.
+const maxMapWorkers = 4
+
+// mapWindow is the guest span one Map worker walks at a time: 16384
+// clusters of the top image (at least 256 MiB), so that a window's entries
+// stay few however fragmented the image.
+func (c *Chain) mapWindow() uint64 {
+	cs := uint64(64 << 10)
+	if f, ok := c.Layers[0].(*File); ok {
+		cs = f.ClusterSize()
+	}
+	return max(cs*16384, 256<<20)
+}
+
+// mapRange walks [pos, end) with w, merging into cur and passing each
+// finished entry to fn.
+func (c *Chain) mapRange(w *Walker, pos, end uint64, cur *MapEntry, fn func(*MapEntry) error) error {
+	for pos < end {
 		s, err := w.Status(pos, end)
 		if err != nil {
 			return err
 		}
 		next := MapEntry{Start: pos, Length: s.Length, Depth: s.Depth, Present: s.Present, Zero: s.Zero, Data: s.Data, HasOffset: s.HasOffset, Offset: s.Offset}
 		pos += s.Length
-		if mergeable(&cur, &next) {
+		if mergeable(cur, &next) {
 			cur.Length += next.Length
 			continue
 		}
 		if cur.Length > 0 {
-			if err := fn(&cur); err != nil {
+			if err := fn(cur); err != nil {
 				return err
 			}
 		}
-		cur = next
+		*cur = next
+	}
+	return nil
+}
+
+// mapWindowResult is one window's entries, merged within the window.
+type mapWindowResult struct {
+	entries []MapEntry
+	err     error
+}
+
+// mapParallel walks windows on several goroutines (window i on worker
+// i mod workers, each with its own Walker) and merges their entries in
+// order: qemu-img's merge is greedy and left to right, so merging the
+// windows' merged entries at the seams gives exactly its result.
+func (c *Chain) mapParallel(start, end, win uint64, workers int, fn func(*MapEntry) error) error {
+	n := int((end - start + win - 1) / win)
+	done := make(chan struct{})
+	defer close(done)
+	outs := make([]chan mapWindowResult, workers)
+	for k := range outs {
+		outs[k] = make(chan mapWindowResult, 2)
+		go func(k int, out chan<- mapWindowResult) {
+			w := c.NewWalker()
+			for i := k; i < n; i += workers {
+				lo := start + uint64(i)*win
+				hi := min(lo+win, end)
+				var r mapWindowResult
+				if b, ok := entryBufs.Get().(*[]MapEntry); ok {
+					r.entries = (*b)[:0]
+				}
+				cur := MapEntry{Start: lo}
+				r.err = c.mapRange(w, lo, hi, &cur, func(e *MapEntry) error {
+					r.entries = append(r.entries, *e)
+					return nil
+				})
+				if cur.Length > 0 {
+					r.entries = append(r.entries, cur)
+				}
+				select {
+				case out <- r:
+				case <-done:
+					return
+				}
+				if r.err != nil {
+					return
+				}
+			}
+		}(k, outs[k])
+	}
+	cur := MapEntry{Start: start}
+	for i := 0; i < n; i++ {
+		r := <-outs[i%workers]
+		if r.err != nil {
+			return r.err
+		}
+		for j := range r.entries {
+			next := &r.entries[j]
+			if mergeable(&cur, next) {
+				cur.Length += next.Length
+				continue
+			}
+			if cur.Length > 0 {
+				if err := fn(&cur); err != nil {
+					return err
+				}
+			}
+			cur = *next
+		}
+		entryBufs.Put(&r.entries)
 	}
 	if cur.Length > 0 {
 		return fn(&cur)
 	}
 	return nil
 }
+
+// entryBufs recycles the windows' entry slices between workers and the
+// merging loop.
+var entryBufs sync.Pool
 
 // AppendJSON appends the entry as qemu-img prints it in --output=json.
 func (e *MapEntry) AppendJSON(b []byte) []byte {
