@@ -21,11 +21,7 @@ func checkCommand() *cli.Command {
 }
 
 func runCheck(c *cli.Context) error {
-	name, err := oneImage(c)
-	if err != nil {
-		return err
-	}
-	asJSON, err := outputJSON(c)
+	name, asJSON, err := imageAndOutput(c)
 	if err != nil {
 		return err
 	}

@@ -44,11 +44,7 @@ func layersCommand() *cli.Command {
 		ArgsUsage: "IMAGE",
 		Flags:     append(chainFlags(), outputFlag()),
 		Action: func(c *cli.Context) error {
-			name, err := oneImage(c)
-			if err != nil {
-				return err
-			}
-			asJSON, err := outputJSON(c)
+			name, asJSON, err := imageAndOutput(c)
 			if err != nil {
 				return err
 			}
@@ -99,11 +95,7 @@ func clustersCommand() *cli.Command {
 			sizeFlag("max-length", "at most `N` bytes"),
 		),
 		Action: func(c *cli.Context) error {
-			name, err := oneImage(c)
-			if err != nil {
-				return err
-			}
-			asJSON, err := outputJSON(c)
+			name, asJSON, err := imageAndOutput(c)
 			if err != nil {
 				return err
 			}
@@ -215,11 +207,7 @@ func leaksCommand() *cli.Command {
 		Flags: append(chainFlags(), outputFlag(),
 			&cli.StringFlag{Name: "extract", Usage: "write each run's bytes to `DIR`/<offset>.bin"}),
 		Action: func(c *cli.Context) error {
-			name, err := oneImage(c)
-			if err != nil {
-				return err
-			}
-			asJSON, err := outputJSON(c)
+			name, asJSON, err := imageAndOutput(c)
 			if err != nil {
 				return err
 			}

@@ -88,11 +88,7 @@ func whoUsesCommand() *cli.Command {
 		Flags: []cli.Flag{outputFlag(),
 			&cli.StringSliceFlag{Name: "search", Usage: "folder `DIR` to search (repeat for several)", Required: true}},
 		Action: func(c *cli.Context) error {
-			name, err := oneImage(c)
-			if err != nil {
-				return err
-			}
-			asJSON, err := outputJSON(c)
+			name, asJSON, err := imageAndOutput(c)
 			if err != nil {
 				return err
 			}
@@ -138,11 +134,7 @@ func dumpCommand() *cli.Command {
 }
 
 func runDump(c *cli.Context) error {
-	name, err := oneImage(c)
-	if err != nil {
-		return err
-	}
-	asJSON, err := outputJSON(c)
+	name, asJSON, err := imageAndOutput(c)
 	if err != nil {
 		return err
 	}

@@ -23,11 +23,7 @@ func infoCommand() *cli.Command {
 }
 
 func runInfo(c *cli.Context) error {
-	name, err := oneImage(c)
-	if err != nil {
-		return err
-	}
-	asJSON, err := outputJSON(c)
+	name, asJSON, err := imageAndOutput(c)
 	if err != nil {
 		return err
 	}

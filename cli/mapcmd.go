@@ -20,11 +20,7 @@ func mapCommand() *cli.Command {
 }
 
 func runMap(c *cli.Context) error {
-	name, err := oneImage(c)
-	if err != nil {
-		return err
-	}
-	asJSON, err := outputJSON(c)
+	name, asJSON, err := imageAndOutput(c)
 	if err != nil {
 		return err
 	}

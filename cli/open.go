@@ -53,3 +53,14 @@ func openChain(c *cli.Context, name string, noBacking bool) (*qcow2.Chain, error
 	opts.NoBacking = opts.NoBacking || noBacking
 	return qcow2.OpenChain(name, opts)
 }
+
+// imageAndOutput returns the single IMAGE argument and whether --output
+// asks for JSON.
+func imageAndOutput(c *cli.Context) (string, bool, error) {
+	name, err := oneImage(c)
+	if err != nil {
+		return "", false, err
+	}
+	asJSON, err := outputJSON(c)
+	return name, asJSON, err
+}
