@@ -41,6 +41,11 @@ type ImageSpec struct {
 	// cluster has an L2 entry and a refcount, so check has real work in a
 	// sparse file.
 	Prealloc bool
+	// BaseFill bytes of real data are written at the start of the base
+	// (layer 0), in 256 MiB writes.
+	BaseFill uint64
+	// TopOnly puts the random writes in the top layer only.
+	TopOnly bool
 }
 
 // Key names the cache folder: every parameter that changes the bytes.
@@ -49,6 +54,12 @@ func (s ImageSpec) Key() string {
 		s.Layers, s.Writes, sizeName(s.VirtualSize), s.Seed)
 	if s.Prealloc {
 		k += "-prealloc"
+	}
+	if s.BaseFill > 0 {
+		k += "-fill" + sizeName(s.BaseFill)
+	}
+	if s.TopOnly {
+		k += "-toponly"
 	}
 	return k
 }
@@ -152,6 +163,14 @@ func writeScript(spec ImageSpec, layer int) string {
 	rng := rand.New(rand.NewPCG(spec.Seed, uint64(layer)))
 	slots := spec.VirtualSize / clusterSize
 	var b strings.Builder
+	if layer == 0 {
+		for off := uint64(0); off < spec.BaseFill; off += 256 << 20 {
+			fmt.Fprintf(&b, "write -q -P 90 %d %d\n", off, min(256<<20, spec.BaseFill-off))
+		}
+	}
+	if spec.TopOnly && layer != spec.Layers-1 {
+		return b.String()
+	}
 	for j := 0; j < spec.Writes; j++ {
 		off := rng.Uint64N(slots) * clusterSize
 		pattern := 1 + (layer*31+j)%255
