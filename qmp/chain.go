@@ -73,6 +73,8 @@ var protocolDrivers = map[string]bool{
 // of -blockdev trees that no backend uses. The graph comes from
 // x-debug-query-block-graph; where that command is missing, backing
 // children are matched by filename through query-named-block-nodes.
+// It fails with ErrConcludedStream rather than crash QEMU 7.2 while a
+// concluded stream job waits to be dismissed.
 func DiskChains(ctx context.Context, c *Conn) ([]Disk, error) {
 	return diskChains(ctx, c, true)
 }
@@ -80,6 +82,9 @@ func DiskChains(ctx context.Context, c *Conn) ([]Disk, error) {
 func diskChains(ctx context.Context, c *Conn, useGraph bool) ([]Disk, error) {
 	blocks, err := c.QueryBlock(ctx)
 	if err != nil {
+		return nil, err
+	}
+	if err := checkNodeQuerySafe(ctx, c); err != nil {
 		return nil, err
 	}
 	nodes, err := c.QueryNamedBlockNodes(ctx)

@@ -39,3 +39,23 @@ done
 qemu-img convert -O raw active.qcow2 theirs.raw
 cmp -s ours.raw theirs.raw && echo "  export: byte-identical to qemu-img convert -O raw"
 run "$q" compare active.qcow2 theirs.raw
+
+echo
+echo "== live block jobs: a running qemu (no guest) has the chain open"
+qemu-system-x86_64 -machine none -nodefaults -display none \
+  -drive "if=none,id=vda,file=$d/active.qcow2,format=qcow2" \
+  -qmp "unix:$d/qmp.sock,server=on,wait=off" -daemonize -pidfile "$d/qemu.pid"
+# qemu removes its pid file when it exits.
+trap 'if [ -f "$d/qemu.pid" ]; then kill "$(cat "$d/qemu.pid")" 2>/dev/null || true; fi; rm -rf "$d"' EXIT
+run "$q" disks --qmp qmp.sock
+run "$q" blockpull --qmp qmp.sock --base base.qcow2 --bandwidth 2 --wait --verbose vda
+run "$q" blockcommit --qmp qmp.sock --active --pivot --bandwidth 2 --wait --verbose vda
+run "$q" disks --qmp qmp.sock
+# Quit qemu (SIGTERM: a clean shutdown that flushes the images).
+pid=$(cat qemu.pid)
+kill "$pid"
+while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+echo
+echo "== after the pull and the active commit, base.qcow2 alone holds the guest view:"
+run qemu-img info --backing-chain base.qcow2
+run "$q" compare base.qcow2 theirs.raw
