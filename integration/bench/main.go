@@ -181,10 +181,24 @@ func run() int {
 		results = append(results, r)
 	}
 
+	jobRuns := max(*n, 3)
+	jobResults, ok := runJobBench(*dir, qchain, jobRuns, *quick, *timeout)
+	if !ok {
+		return 2
+	}
+
 	printTables(results, *n)
+	printJobTable(jobResults, jobRuns)
+	for _, r := range jobResults {
+		if r.Verified == "MISMATCH" {
+			mismatch = true
+		} else if r.Failed {
+			failed = true
+		}
+	}
 	switch {
 	case mismatch:
-		fmt.Println("\nFAIL: qchain's output differs from qemu-img's (see above)")
+		fmt.Println("\nFAIL: MISMATCH: qchain's output or a block job's result differs from the reference (see above)")
 		return 1
 	case failed:
 		fmt.Println("\nFAIL: a case could not be measured (see above)")

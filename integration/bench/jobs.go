@@ -1,0 +1,532 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Block-job cases (issue 3): an active commit through qchain versus a
+// minimal QMP client driving qemu-storage-daemon directly, and offline
+// commit and pull through qchain versus qemu-img. Every run starts from a
+// fresh copy of a cached chain; the copy is not timed.
+
+// overheadGoal is the issue's goal for qchain's active commit: less than
+// 5% slower than the direct QMP client.
+const overheadGoal = 0.05
+
+// jobChainVersion is part of the cache key of the generated job chains.
+const jobChainVersion = 1
+
+// jobLayer is one file of a job chain and the data written into it.
+type jobLayer struct {
+	Name    string `json:"name"`
+	Pattern int    `json:"pattern"`
+	Offset  uint64 `json:"offset"`
+	Bytes   uint64 `json:"bytes"`
+}
+
+// JobChain is a chain of qcow2 files, Layers[0] the base, each an overlay
+// (relative backing name, -F qcow2) of the one before.
+type JobChain struct {
+	Label       string     `json:"label"`
+	VirtualSize uint64     `json:"virtual_size"`
+	Layers      []jobLayer `json:"layers"`
+	Dir         string     `json:"-"`
+	Cached      bool       `json:"-"`
+	GenTime     time.Duration
+}
+
+func (c *JobChain) key() string {
+	k := fmt.Sprintf("jobs-%s-v%d-%s", c.Label, jobChainVersion, sizeName(c.VirtualSize))
+	for _, l := range c.Layers {
+		k += fmt.Sprintf("-%s%s", strings.TrimSuffix(l.Name, ".qcow2"), sizeName(l.Bytes))
+	}
+	return k
+}
+
+func (c *JobChain) describe() string {
+	var parts []string
+	for _, l := range c.Layers {
+		parts = append(parts, fmt.Sprintf("%s (%s data)", l.Name, sizeName(l.Bytes)))
+	}
+	return fmt.Sprintf("%s virtual, %s", sizeName(c.VirtualSize), strings.Join(parts, " <- "))
+}
+
+func (c *JobChain) top() string { return c.Layers[len(c.Layers)-1].Name }
+
+// prepareJobChain generates c under root unless a complete copy is cached.
+func prepareJobChain(root string, c *JobChain) error {
+	c.Dir = filepath.Join(root, c.key())
+	c.GenTime = 0
+	want, _ := json.Marshal(c)
+	mark := filepath.Join(c.Dir, markerName)
+	if b, err := os.ReadFile(mark); err == nil {
+		var got JobChain
+		if json.Unmarshal(b, &got) == nil {
+			gen := got.GenTime
+			got.GenTime = 0
+			g, _ := json.Marshal(&got)
+			if string(g) == string(want) {
+				c.Cached, c.GenTime = true, gen
+				return nil
+			}
+		}
+	}
+	if err := os.RemoveAll(c.Dir); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(c.Dir, 0o755); err != nil {
+		return err
+	}
+	start := time.Now()
+	for i, l := range c.Layers {
+		create := []string{"qemu-img", "create", "-q", "-f", "qcow2"}
+		if i > 0 {
+			create = append(create, "-b", c.Layers[i-1].Name, "-F", "qcow2")
+		}
+		if _, err := runIn(c.Dir, nil, append(create, l.Name, fmt.Sprint(c.VirtualSize))); err != nil {
+			return err
+		}
+		var script strings.Builder
+		for off := uint64(0); off < l.Bytes; off += 256 << 20 {
+			fmt.Fprintf(&script, "write -q -P %d %d %d\n", l.Pattern, l.Offset+off, min(256<<20, l.Bytes-off))
+		}
+		if _, err := runIn(c.Dir, strings.NewReader(script.String()),
+			[]string{"qemu-io", "-f", "qcow2", "-t", "unsafe", l.Name}); err != nil {
+			return err
+		}
+	}
+	c.GenTime = time.Since(start)
+	b, err := json.MarshalIndent(c, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(mark, append(b, '\n'), 0o644)
+}
+
+// freshCopy replaces work with a copy of c's files and syncs, so that the
+// copy's write-back does not land in the timed run.
+func freshCopy(c *JobChain, work string) error {
+	if err := os.RemoveAll(work); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(work, 0o755); err != nil {
+		return err
+	}
+	args := []string{"--reflink=auto", "--sparse=always"}
+	for _, l := range c.Layers {
+		args = append(args, filepath.Join(c.Dir, l.Name))
+	}
+	if out, err := exec.Command("cp", append(args, work+"/")...).CombinedOutput(); err != nil {
+		return fmt.Errorf("cp: %v: %s", err, strings.TrimSpace(string(out)))
+	}
+	syscall.Sync()
+	return nil
+}
+
+// JobCase is one block-job measurement: Qchain against Other (a direct
+// QMP client when Direct is set, else a qemu-img command).
+type JobCase struct {
+	Name   string
+	Chain  *JobChain
+	Qchain []string // qchain's arguments, after the binary
+	Other  []string // qemu-img's whole argv
+	Direct bool
+	// Result is the file whose guest view must equal the pristine top's.
+	Result string
+	// Goal marks the overhead case (direct client); others report only.
+	Goal bool
+	// Standalone: Result must have no backing file afterwards (a pull).
+	Standalone bool
+}
+
+// JobResult is a measured block-job case.
+type JobResult struct {
+	Case          JobCase
+	Qchain, Other *Sample
+	QchainCmd     string
+	OtherCmd      string
+	Verified      string
+	Failed        bool
+}
+
+// Overhead is (qchain - direct)/direct of the medians.
+func (r *JobResult) Overhead() float64 {
+	o := r.Other.Median()
+	if o == 0 {
+		return 0
+	}
+	return float64(r.Qchain.Median()-o) / float64(o)
+}
+
+// jobChains returns the active-commit chain (base <- top) and the
+// three-layer chain (base <- mid <- top).
+func jobChains(quick bool) (active, three *JobChain) {
+	virt, topData, midData, small := uint64(4<<30), uint64(2<<30), uint64(1<<30), uint64(64<<20)
+	if quick {
+		virt, topData, midData, small = 1<<30, 128<<20, 64<<20, 16<<20
+	}
+	active = &JobChain{Label: "active", VirtualSize: virt, Layers: []jobLayer{
+		{Name: "base.qcow2", Pattern: 0x11, Offset: virt - small, Bytes: small},
+		{Name: "top.qcow2", Pattern: 0x5a, Offset: 0, Bytes: topData},
+	}}
+	three = &JobChain{Label: "three", VirtualSize: virt, Layers: []jobLayer{
+		{Name: "base.qcow2", Pattern: 0x11, Offset: virt - small, Bytes: small},
+		{Name: "mid.qcow2", Pattern: 0x5a, Offset: 0, Bytes: midData},
+		{Name: "top.qcow2", Pattern: 0x33, Offset: midData / 2, Bytes: small},
+	}}
+	return active, three
+}
+
+// runJobBench generates the chains, measures the block-job cases with
+// runs timed runs of each side, and prints their commands. ok is false
+// when a chain could not be made.
+func runJobBench(root, qchain string, runs int, quick bool, timeout time.Duration) (results []*JobResult, ok bool) {
+	active, three := jobChains(quick)
+	fmt.Println("\n## Block-job chains")
+	for _, c := range []*JobChain{active, three} {
+		fmt.Printf("- %s (%s): ", c.key(), c.describe())
+		if err := prepareJobChain(root, c); err != nil {
+			fmt.Println("FAILED")
+			fmt.Fprintln(os.Stderr, "bench: generating:", err)
+			return nil, false
+		}
+		how := "generated in"
+		if c.Cached {
+			how = "cached; generated earlier in"
+		}
+		fmt.Printf("%s %s\n", how, c.GenTime.Round(100*time.Millisecond))
+	}
+	work := filepath.Join(root, "jobs-work")
+	defer os.RemoveAll(work)
+	w := func(name string) string { return filepath.Join(work, name) }
+	cases := []JobCase{
+		{Name: fmt.Sprintf("active commit of %s, qchain vs direct QMP", sizeName(active.Layers[1].Bytes)), Chain: active,
+			Qchain: []string{"blockcommit", "--active", "--pivot", "--wait", w("top.qcow2")},
+			Direct: true, Result: "base.qcow2", Goal: true},
+		{Name: fmt.Sprintf("commit mid (%s) into base, 3-layer chain", sizeName(three.Layers[1].Bytes)), Chain: three,
+			Qchain: []string{"blockcommit", "--wait", "--top", w("mid.qcow2"), w("top.qcow2")},
+			Other:  []string{"qemu-img", "commit", w("mid.qcow2")}, Result: "top.qcow2"},
+		{Name: "full pull into top, 3-layer chain", Chain: three,
+			Qchain: []string{"blockpull", "--wait", w("top.qcow2")},
+			Other:  []string{"qemu-img", "rebase", "-b", "", w("top.qcow2")}, Result: "top.qcow2", Standalone: true},
+	}
+	fmt.Printf("\n## Block-job commands (fresh copy of the chain before every run, copy not timed; %d runs each)\n", runs)
+	for _, c := range cases {
+		r := &JobResult{Case: c, Qchain: &Sample{}, Other: &Sample{}}
+		r.QchainCmd = shellQuote(append([]string{qchain}, c.Qchain...))
+		r.OtherCmd = "direct QMP client: qemu-storage-daemon with qchain's --blockdev graph; block-commit, job-complete on ready, job-dismiss, quit"
+		if !c.Direct {
+			r.OtherCmd = shellQuote(c.Other)
+		}
+		fmt.Printf("\n%s (%s):\n    %s\n    %s\n", c.Name, c.Chain.describe(), r.QchainCmd, r.OtherCmd)
+		results = append(results, r)
+		if err := measureJob(r, qchain, work, runs, timeout); err != nil {
+			fmt.Printf("    ERROR: %v\n", err)
+			r.Failed = true
+			continue
+		}
+		fmt.Printf("    guest content after the first run of each: %s\n", r.Verified)
+		fmt.Printf("    runs: qchain %v; reference %v\n", roundAll(r.Qchain.Walls), roundAll(r.Other.Walls))
+	}
+	return results, true
+}
+
+// measureJob times runs runs of each side, alternating, each on a fresh
+// copy, and checks the result of the first run of each against the
+// pristine chain.
+func measureJob(r *JobResult, qchain, work string, runs int, timeout time.Duration) error {
+	c := r.Case
+	pristine := filepath.Join(c.Chain.Dir, c.Chain.top())
+	result := filepath.Join(work, c.Result)
+	r.Verified = "equal (qemu-img compare)"
+	if c.Standalone {
+		r.Verified += ", no backing left"
+	}
+	for i := 0; i < runs; i++ {
+		for side := 0; side < 2; side++ {
+			if err := freshCopy(c.Chain, work); err != nil {
+				return err
+			}
+			var wall time.Duration
+			var what string
+			if side == 0 {
+				argv := append([]string{qchain}, c.Qchain...)
+				run, err := runOnce(timeout, argv)
+				if err != nil {
+					return err
+				}
+				if run.Exit != 0 {
+					return fmt.Errorf("qchain exited %d: %s", run.Exit, firstLines(strings.TrimSpace(string(run.Stderr)), 3))
+				}
+				wall, what = run.Wall, "qchain"
+				r.Qchain.Walls = append(r.Qchain.Walls, wall)
+				r.Qchain.MaxRSS = max(r.Qchain.MaxRSS, run.MaxRSSKiB)
+			} else {
+				if c.Direct {
+					var err error
+					if wall, err = directActiveCommit(c.Chain, work, timeout); err != nil {
+						return fmt.Errorf("direct QMP client: %w", err)
+					}
+					what = "direct QMP client"
+				} else {
+					run, err := runOnce(timeout, c.Other)
+					if err != nil {
+						return err
+					}
+					if run.Exit != 0 {
+						return fmt.Errorf("%s exited %d: %s", c.Other[0], run.Exit, firstLines(strings.TrimSpace(string(run.Stderr)+string(run.Stdout)), 3))
+					}
+					wall, what = run.Wall, c.Other[0]
+					r.Other.MaxRSS = max(r.Other.MaxRSS, run.MaxRSSKiB)
+				}
+				r.Other.Walls = append(r.Other.Walls, wall)
+			}
+			if i == 0 {
+				out, err := exec.Command("qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", result, pristine).CombinedOutput()
+				if err != nil {
+					r.Verified = "MISMATCH"
+					return fmt.Errorf("MISMATCH after %s: qemu-img compare %s %s: %v: %s", what, result, pristine, err, strings.TrimSpace(string(out)))
+				}
+				if c.Standalone {
+					out, err := exec.Command("qemu-img", "info", "--output=json", "-U", result).Output()
+					if err != nil || strings.Contains(string(out), `"backing-filename"`) {
+						r.Verified = "MISMATCH"
+						return fmt.Errorf("MISMATCH after %s: %s still has a backing file (or qemu-img info failed: %v)", what, result, err)
+					}
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// directActiveCommit is the reference for the active commit: a minimal QMP
+// client, plain JSON lines on the daemon's socket. The time runs from the
+// daemon's start to its exit.
+func directActiveCommit(c *JobChain, work string, timeout time.Duration) (time.Duration, error) {
+	sockDir, err := os.MkdirTemp("", "bench-qsd-")
+	if err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(sockDir)
+	sock := filepath.Join(sockDir, "qmp.sock")
+	args := []string{
+		"--chardev", "socket,path=" + sock + ",server=on,wait=off,id=mon",
+		"--monitor", "chardev=mon",
+	}
+	// The graph qchain gives the daemon offline (cli/blocktarget.go): base
+	// first, node l0 the top, backing layers read-only, the base's
+	// backing none.
+	n := len(c.Layers)
+	for d := n - 1; d >= 0; d-- {
+		bd := map[string]any{
+			"driver":    "qcow2",
+			"node-name": fmt.Sprintf("l%d", d),
+			"file":      map[string]any{"driver": "file", "filename": filepath.Join(work, c.Layers[n-1-d].Name)},
+		}
+		if d > 0 {
+			bd["read-only"] = true
+		}
+		if d == n-1 {
+			bd["backing"] = nil
+		} else {
+			bd["backing"] = fmt.Sprintf("l%d", d+1)
+		}
+		js, _ := json.Marshal(bd)
+		args = append(args, "--blockdev", string(js))
+	}
+	deadline := time.Now().Add(timeout)
+	start := time.Now()
+	cmd := exec.Command("qemu-storage-daemon", args...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		return 0, err
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	fail := func(err error) (time.Duration, error) {
+		cmd.Process.Kill()
+		<-exited
+		return 0, fmt.Errorf("%w: %s", err, firstLines(strings.TrimSpace(stderr.String()), 3))
+	}
+	var conn net.Conn
+	for {
+		if conn, err = net.Dial("unix", sock); err == nil {
+			break
+		}
+		select {
+		case e := <-exited:
+			return 0, fmt.Errorf("qemu-storage-daemon exited: %v: %s", e, strings.TrimSpace(stderr.String()))
+		case <-time.After(2 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fail(errors.New("no QMP socket"))
+		}
+	}
+	defer conn.Close()
+	conn.SetDeadline(deadline)
+	q := &qmpLines{conn: conn, r: bufio.NewReader(conn)}
+	if _, err := q.r.ReadBytes('\n'); err != nil { // greeting
+		return fail(err)
+	}
+	if _, err := q.do("qmp_capabilities", nil); err != nil {
+		return fail(err)
+	}
+	if _, err := q.do("block-commit", map[string]any{
+		"job-id": "bench-commit", "device": "l0", "base-node": "l1", "auto-dismiss": false,
+	}); err != nil {
+		return fail(err)
+	}
+	completed := false
+	for done := false; !done; {
+		ret, err := q.do("query-jobs", nil)
+		if err != nil {
+			return fail(err)
+		}
+		var jobs []struct {
+			ID     string `json:"id"`
+			Status string `json:"status"`
+			Error  string `json:"error"`
+		}
+		if err := json.Unmarshal(ret, &jobs); err != nil {
+			return fail(err)
+		}
+		for _, j := range jobs {
+			if j.ID != "bench-commit" {
+				continue
+			}
+			switch {
+			case j.Status == "ready" && !completed:
+				if _, err := q.do("job-complete", map[string]any{"id": j.ID}); err != nil {
+					return fail(err)
+				}
+				completed = true
+			case j.Status == "concluded":
+				if j.Error != "" {
+					return fail(fmt.Errorf("job failed: %s", j.Error))
+				}
+				if _, err := q.do("job-dismiss", map[string]any{"id": j.ID}); err != nil {
+					return fail(err)
+				}
+				done = true
+			}
+		}
+		if !done {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if !completed {
+		return fail(errors.New("job concluded without becoming ready"))
+	}
+	q.do("quit", nil) // the daemon may close the socket before replying
+	select {
+	case err := <-exited:
+		if err != nil {
+			return 0, fmt.Errorf("qemu-storage-daemon: %v: %s", err, strings.TrimSpace(stderr.String()))
+		}
+	case <-time.After(time.Until(deadline)):
+		return fail(errors.New("qemu-storage-daemon did not exit after quit"))
+	}
+	return time.Since(start), nil
+}
+
+// qmpLines is a QMP connection read one JSON message per line.
+type qmpLines struct {
+	conn net.Conn
+	r    *bufio.Reader
+}
+
+// do runs a command and returns its "return" value, skipping events.
+func (q *qmpLines) do(name string, args any) (json.RawMessage, error) {
+	msg := map[string]any{"execute": name}
+	if args != nil {
+		msg["arguments"] = args
+	}
+	b, _ := json.Marshal(msg)
+	if _, err := q.conn.Write(append(b, '\n')); err != nil {
+		return nil, err
+	}
+	for {
+		line, err := q.r.ReadBytes('\n')
+		if err != nil {
+			if err == io.EOF && name == "quit" {
+				return nil, nil
+			}
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		var resp struct {
+			Event  string          `json:"event"`
+			Return json.RawMessage `json:"return"`
+			Error  *struct {
+				Class string `json:"class"`
+				Desc  string `json:"desc"`
+			} `json:"error"`
+		}
+		if err := json.Unmarshal(line, &resp); err != nil {
+			return nil, fmt.Errorf("%s: %w: %q", name, err, line)
+		}
+		switch {
+		case resp.Event != "":
+			continue
+		case resp.Error != nil:
+			return nil, fmt.Errorf("%s: %s: %s", name, resp.Error.Class, resp.Error.Desc)
+		}
+		return resp.Return, nil
+	}
+}
+
+// printJobTable prints the block-job figures.
+func printJobTable(results []*JobResult, runs int) {
+	fmt.Printf("\n## Block jobs (median of %d runs, each on a fresh copy of the chain; copy not timed)\n\n", runs)
+	fmt.Println("| case | qchain | reference | reference tool | figure | goal | result | guest content |")
+	fmt.Println("|---|---:|---:|---|---:|---:|---|---|")
+	for _, r := range results {
+		if r.Failed {
+			fmt.Printf("| %s | - | - | - | - | - | ERROR | %s |\n", r.Case.Name, orDash(r.Verified))
+			continue
+		}
+		tool, figure, goal, verdict := "qemu-img", "", "-", "-"
+		if r.Case.Direct {
+			tool = "direct QMP client"
+			ov := r.Overhead()
+			figure = fmt.Sprintf("overhead %+.1f%%", 100*ov)
+			goal = fmt.Sprintf("< %.0f%%", 100*overheadGoal)
+			verdict = passMiss(ov < overheadGoal)
+		} else {
+			ratio := 0.0
+			if qm := r.Qchain.Median(); qm > 0 {
+				ratio = float64(r.Other.Median()) / float64(qm)
+			}
+			figure = fmt.Sprintf("ratio %.2fx (qemu-img/qchain)", ratio)
+		}
+		fmt.Printf("| %s | %s | %s | %s | %s | %s | %s | %s |\n", r.Case.Name,
+			fmtDur(r.Qchain.Median()), fmtDur(r.Other.Median()), tool, figure, goal, verdict, r.Verified)
+	}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func roundAll(ds []time.Duration) []time.Duration {
+	out := make([]time.Duration, len(ds))
+	for i, d := range ds {
+		out[i] = d.Round(time.Millisecond)
+	}
+	return out
+}
