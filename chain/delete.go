@@ -128,8 +128,9 @@ func trackedParent(f string, snapFiles []string) (string, error) {
 }
 
 // usedElsewhere reports whether another VM of the state directory reads
-// file through any of its chains.
-func (m *Manager) usedElsewhere(vm *VM, file string) (string, error) {
+// file through any of its chains; chains that reach file through one of
+// via (images a pull makes independent of file) do not count.
+func (m *Manager) usedElsewhere(vm *VM, file string, via ...string) (string, error) {
 	names, err := m.Store.List()
 	if err != nil {
 		return "", err
@@ -148,7 +149,17 @@ func (m *Manager) usedElsewhere(vm *VM, file string) (string, error) {
 				if err != nil {
 					continue
 				}
-				if inChain(ch, file) >= 0 {
+				i := inChain(ch, file)
+				if i < 0 {
+					continue
+				}
+				through := false
+				for _, v := range via {
+					if j := inChain(ch, v); j >= 0 && j < i {
+						through = true
+					}
+				}
+				if !through {
 					return n, nil
 				}
 			}
@@ -281,7 +292,13 @@ func (m *Manager) planMerge(vm, final *VM, p *Plan, s *Snapshot, target, merge s
 		st.Bytes = pullBytes / uint64(len(deps))
 		p.Steps = append(p.Steps, st)
 	}
-	if vm.owns(fs) && other == "" {
+	// After the pulls, other VMs that read fs through a pulled image no
+	// longer need it.
+	after, err := m.usedElsewhere(vm, fs, deps...)
+	if err != nil {
+		return err
+	}
+	if vm.owns(fs) && after == "" {
 		p.Steps = append(p.Steps, Step{Kind: StepRemove, Target: target, File: fs, Why: "pulled into every image that used it"})
 		final.disown(fs)
 	}

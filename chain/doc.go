@@ -24,6 +24,9 @@
 // Plans are pure functions of the metadata and of the chains the files (or
 // qemu) show; any mismatch between the two is an error, never a guess. No
 // step writes into a file that anything outside the operation depends on:
-// a file used by another branch, another VM of the state directory, or
-// that this VM did not create (a shared gold image) is only ever read.
+// a file used by another branch or another VM of the state directory, and
+// every image below the VM's own chain (a shared gold image), is only ever
+// read. The VM's own images, its original disk images included, may
+// receive a commit when nothing else uses them; qchain deletes only the
+// files it created.
 package chain

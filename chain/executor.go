@@ -83,7 +83,10 @@ type graph struct {
 	files     []string
 }
 
-func chainGraph(top string) (*graph, error) {
+// chainGraph describes top's chain; layers deeper than writable are
+// opened read-only (a job writes into the top, or the commit base), so
+// images other processes share are never locked for writing.
+func chainGraph(top string, writable int) (*graph, error) {
 	c, err := qcow2.OpenChain(top, qcow2.ChainOptions{})
 	if err != nil {
 		return nil, err
@@ -102,6 +105,9 @@ func chainGraph(top string) (*graph, error) {
 			"driver":    l.Format(),
 			"node-name": node,
 			"file":      map[string]any{"driver": "file", "filename": abs},
+		}
+		if d > writable {
+			bd["read-only"] = true
 		}
 		if l.Format() == "qcow2" {
 			if d == n-1 {
@@ -140,13 +146,17 @@ func (o *Offline) job(s Step) error {
 	if s.Kind == StepCommit {
 		top = s.Top
 	}
-	g, err := chainGraph(top)
+	writable := 0
+	if s.Kind == StepCommit {
+		writable = 1
+	}
+	g, err := chainGraph(top, writable)
 	if err != nil {
 		return err
 	}
 	ctx := o.ctx()
 	startCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	d, err := qmp.StartStorageDaemon(startCtx, qmp.StorageDaemonOptions{Binary: o.StorageDaemon, Blockdevs: g.blockdevs})
+	d, err := qmp.StartStorageDaemon(startCtx, qmp.StorageDaemonOptions{Binary: o.StorageDaemon, Blockdevs: g.blockdevs, DieWithParent: true})
 	cancel()
 	if err != nil {
 		return err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/qchain/qchain/qmp"
@@ -48,13 +49,17 @@ func (l *Live) diskFor(ctx context.Context, file string) (*qmp.Disk, int, error)
 	}
 	for i := range disks {
 		for j, layer := range disks[i].Chain {
-			if lst, err := os.Stat(layer.Filename); err == nil && os.SameFile(st, lst) {
+			if lst, err := os.Stat(qmp.PlainFilename(layer.Filename)); err == nil && os.SameFile(st, lst) {
 				return &disks[i], j, nil
 			}
 		}
 	}
 	return nil, -1, nil
 }
+
+// attached reports whether a running disk is a guest's disk (a backend or
+// a device), not a node left over as a root of its own.
+func attached(d *qmp.Disk) bool { return d.Device != "" || d.QDev != "" }
 
 // run handles the steps that concern files open in the running VM.
 // handled is false for steps that do not (they run offline).
@@ -91,6 +96,9 @@ func (l *Live) run(ctx context.Context, s Step) (handled bool, err error) {
 		jc := qmp.BlockCommit{JobID: qmp.JobID("commit", d.Name()), Device: d.Chain[0].NodeName, BaseNode: d.Chain[idx+1].NodeName}
 		if idx > 0 {
 			jc.TopNode = d.Chain[idx].NodeName
+			// Name the base in the header of the image above as qchain
+			// names backing files (else qemu writes a json: name).
+			jc.BackingFile = relName(qmp.PlainFilename(d.Chain[idx-1].Filename), s.Base)
 		}
 		return true, l.wait(ctx, s, jc)
 	case StepRebase:
@@ -101,8 +109,19 @@ func (l *Live) run(ctx context.Context, s Step) (handled bool, err error) {
 			return true, nil
 		}
 	case StepRemove:
-		if d, _, err := l.diskFor(ctx, s.File); err == nil && d != nil {
-			return true, fmt.Errorf("refusing to remove %s: the running VM still uses it", s.File)
+		for {
+			d, _, err := l.diskFor(ctx, s.File)
+			if err != nil || d == nil {
+				break
+			}
+			if attached(d) || !strings.HasPrefix(d.NodeName, "qchain-") {
+				return true, fmt.Errorf("refusing to remove %s: the running VM still uses it", s.File)
+			}
+			// An overlay node qchain added, left as a root once a commit
+			// or pull took it out of the disk's chain: delete the node.
+			if err := l.Conn.BlockdevDel(ctx, d.NodeName); err != nil {
+				return true, fmt.Errorf("removing %s: deleting its node %s: %w", s.File, d.NodeName, err)
+			}
 		}
 	}
 	return false, nil
@@ -136,17 +155,22 @@ func (l *Live) snapshot(ctx context.Context, s Step) error {
 		if d == nil {
 			return fmt.Errorf("the running VM has no disk %s", target)
 		}
-		if same(d.Chain[0].Filename, file) {
+		if same(qmp.PlainFilename(d.Chain[0].Filename), file) {
 			continue
 		}
 		node := qmp.NodeName("snap", target+"-"+file)
-		if err := l.Conn.BlockdevAdd(ctx, map[string]any{
+		err := l.Conn.BlockdevAdd(ctx, map[string]any{
 			"driver": "qcow2", "node-name": node, "backing": nil,
 			"file": map[string]any{"driver": "file", "filename": file},
-		}); err != nil {
+		})
+		switch {
+		case err != nil && strings.Contains(err.Error(), "Duplicate"):
+			// Added by an interrupted run of this step: use it.
+		case err != nil:
 			return fmt.Errorf("adding overlay %s: %w", file, err)
+		default:
+			added = append(added, node)
 		}
-		added = append(added, node)
 		actions = append(actions, qmp.TransactionAction{Type: "blockdev-snapshot", Data: map[string]any{"node": d.Chain[0].NodeName, "overlay": node}})
 	}
 	if len(actions) == 0 {

@@ -21,8 +21,8 @@ type VM struct {
 	// the first snapshot or after its deletion up to the root).
 	Current string `json:"current,omitempty"`
 	// Owned lists the files qchain created for this VM (overlays). Only
-	// these are ever deleted, and the VM's original images are never
-	// written into.
+	// these are ever deleted; the VM's original images stay on disk even
+	// when no chain needs them any more.
 	Owned []string `json:"owned,omitempty"`
 }
 

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -159,26 +158,8 @@ func (t *blockTarget) disks(ctx context.Context) ([]qmp.Disk, error) {
 	return ds, nil
 }
 
-// plainFilename returns the file of a QEMU "json:{...}" filename, which
-// QEMU reports for a qcow2 node whose backing node was given explicitly
-// (-blockdev ...,backing=NODE) unless the header names exactly that file:
-// its "file" child's filename. Other names are returned as they are.
-func plainFilename(name string) string {
-	js, ok := strings.CutPrefix(name, "json:")
-	if !ok {
-		return name
-	}
-	var desc struct {
-		File struct {
-			Driver   string `json:"driver"`
-			Filename string `json:"filename"`
-		} `json:"file"`
-	}
-	if json.Unmarshal([]byte(js), &desc) != nil || desc.File.Driver != "file" || desc.File.Filename == "" {
-		return name
-	}
-	return desc.File.Filename
-}
+// plainFilename is qmp.PlainFilename.
+func plainFilename(name string) string { return qmp.PlainFilename(name) }
 
 func (t *blockTarget) dismissOwnStreams(ctx context.Context) error {
 	js, err := qmp.ConcludedStreams(ctx, t.conn)

@@ -2,6 +2,7 @@ package qmp
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"sort"
 	"strings"
@@ -325,3 +326,24 @@ func (w *filenameWalker) filterChild(n *BlockDeviceInfo) string {
 }
 
 func (w *filenameWalker) roots() []string { return w.rootList }
+
+// PlainFilename returns the file of a QEMU "json:{...}" filename, which
+// QEMU reports for a qcow2 node whose backing node was given explicitly
+// (-blockdev ...,backing=NODE) unless the header names exactly that file:
+// its "file" child's filename. Other names are returned as they are.
+func PlainFilename(name string) string {
+	js, ok := strings.CutPrefix(name, "json:")
+	if !ok {
+		return name
+	}
+	var desc struct {
+		File struct {
+			Driver   string `json:"driver"`
+			Filename string `json:"filename"`
+		} `json:"file"`
+	}
+	if json.Unmarshal([]byte(js), &desc) != nil || desc.File.Driver != "file" || desc.File.Filename == "" {
+		return name
+	}
+	return desc.File.Filename
+}

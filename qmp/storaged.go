@@ -53,6 +53,10 @@ type StorageDaemonOptions struct {
 	// QuitTimeout is how long Close waits after quit before killing the
 	// daemon. Zero means DefaultQuitTimeout.
 	QuitTimeout time.Duration
+	// DieWithParent kills the daemon when the process that started it
+	// dies (a killed qchain must not leave it holding image locks; the
+	// caller's journal redoes the job instead of attaching to it).
+	DieWithParent bool
 }
 
 // StorageDaemon is a private qemu-storage-daemon process and a QMP
@@ -131,6 +135,9 @@ func StartStorageDaemon(ctx context.Context, opts StorageDaemonOptions) (_ *Stor
 	// The daemon is not killed with its parent either, so that a job it
 	// runs can be attached to again through a known SocketPath.
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if opts.DieWithParent {
+		d.cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	}
 	var stderr io.Writer = d.stderr
 	if opts.Stderr != nil {
 		stderr = io.MultiWriter(d.stderr, opts.Stderr)
