@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -67,6 +68,9 @@ func NewApp(stdout, stderr io.Writer) *cli.App {
 // Run runs the command line and returns the process exit code. Errors are
 // printed as one line on stderr.
 func Run(args []string, stdout, stderr io.Writer) int {
+	if f, ok := stdout.(*os.File); ok {
+		growPipe(f)
+	}
 	app := NewApp(stdout, stderr)
 	err := app.Run(args)
 	if err == nil {

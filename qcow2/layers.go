@@ -28,11 +28,13 @@ type LayerStats struct {
 	PullBytes uint64 `json:"pull-bytes"`
 }
 
-// forEachExtent calls fn for each extent of layer l alone in [start, end).
+// forEachExtent calls fn for each extent of layer l alone in [start, end),
+// reading qcow2 tables through a private cursor (one table at a time).
 func forEachExtent(l Layer, start, end uint64, fn func(Extent) error) error {
 	end = min(end, l.Size())
+	var tc TableCursor
 	for pos := start; pos < end; {
-		e, err := l.Extent(pos, end-pos)
+		e, err := layerExtent(l, pos, end-pos, &tc)
 		if err != nil {
 			return err
 		}
@@ -109,6 +111,7 @@ func allocatedNotAbove(lower, upper Layer) (uint64, error) {
 	var n uint64
 	end := min(lower.Size(), upper.Size())
 	var cur Extent
+	var tc TableCursor
 	err := forEachExtent(lower, 0, end, func(e Extent) error {
 		if !e.Type.Allocated() {
 			return nil
@@ -116,7 +119,7 @@ func allocatedNotAbove(lower, upper Layer) (uint64, error) {
 		for pos := e.Start; pos < e.End(); {
 			if cur.Length == 0 || pos < cur.Start || pos >= cur.End() {
 				var err error
-				if cur, err = upper.Extent(pos, e.End()-pos); err != nil {
+				if cur, err = layerExtent(upper, pos, e.End()-pos, &tc); err != nil {
 					return err
 				}
 			}
@@ -129,4 +132,12 @@ func allocatedNotAbove(lower, upper Layer) (uint64, error) {
 		return nil
 	})
 	return n, err
+}
+
+// layerExtent is l.Extent, through tc for qcow2 layers.
+func layerExtent(l Layer, off, max uint64, tc *TableCursor) (Extent, error) {
+	if f, ok := l.(*File); ok {
+		return f.extent(off, max, tc)
+	}
+	return l.Extent(off, max)
 }
