@@ -149,10 +149,16 @@ func (l *Live) snapshot(ctx context.Context, s Step) error {
 	}
 	var actions []qmp.TransactionAction
 	var added []string
+	undo := func() {
+		for _, n := range added {
+			l.Conn.BlockdevDel(context.Background(), n)
+		}
+	}
 	for i, target := range s.Targets {
 		file := s.Files[i]
 		d := findDisk(disks, target)
 		if d == nil {
+			undo()
 			return fmt.Errorf("the running VM has no disk %s", target)
 		}
 		if same(qmp.PlainFilename(d.Chain[0].Filename), file) {
@@ -167,6 +173,7 @@ func (l *Live) snapshot(ctx context.Context, s Step) error {
 		case err != nil && strings.Contains(err.Error(), "Duplicate"):
 			// Added by an interrupted run of this step: use it.
 		case err != nil:
+			undo()
 			return fmt.Errorf("adding overlay %s: %w", file, err)
 		default:
 			added = append(added, node)
@@ -177,9 +184,7 @@ func (l *Live) snapshot(ctx context.Context, s Step) error {
 		return nil
 	}
 	if err := l.Conn.Transaction(ctx, actions, nil); err != nil {
-		for _, n := range added {
-			l.Conn.BlockdevDel(context.Background(), n)
-		}
+		undo()
 		return err
 	}
 	return nil

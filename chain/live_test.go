@@ -640,3 +640,39 @@ func TestLiveRecover(t *testing.T) {
 	v.forget("s2")
 	check("delete recovered")
 }
+
+// TestLiveCreateRollback: when the live switch fails (here: the running
+// qemu lacks one of the VM's disks), nothing switched, so the snapshot is
+// not taken, the new overlays are removed and no journal is left.
+func TestLiveCreateRollback(t *testing.T) {
+	need(t, "qemu-img", "qemu-io", "qemu-system-x86_64")
+	dir := t.TempDir()
+	var files []string
+	for _, n := range []string{"vda", "vdb", "vdc"} {
+		f := filepath.Join(dir, n+".qcow2")
+		run(t, "qemu-img", "create", "-q", "-f", "qcow2", f, "4M")
+		files = append(files, f)
+	}
+	q := startLiveVM(t, map[string]string{"vda": files[0], "vdb": files[1]})
+	m := &Manager{Store: &Store{Dir: filepath.Join(dir, "state")}}
+	vm := &VM{Name: "rb", QMP: q.qchain, Disks: []Disk{{Target: "vda", Active: files[0]}, {Target: "vdc", Active: files[2]}}}
+	if err := m.Store.Define(vm); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.ReadDir(dir)
+	if _, err := m.CreateSnapshot("rb", "s1", "", false); err == nil || !strings.Contains(err.Error(), "not taken") {
+		t.Fatalf("create with a disk the VM lacks: %v; want a rolled back failure", err)
+	}
+	after, _ := os.ReadDir(dir)
+	if len(after) != len(before) {
+		t.Errorf("overlay files left behind: %d entries before, %d after", len(before), len(after))
+	}
+	l, err := m.Store.Lock("rb", false)
+	if err != nil {
+		t.Fatalf("the VM still needs recovery: %v", err)
+	}
+	if len(l.VM.Snapshots) != 0 || l.VM.Disks[0].Active != files[0] {
+		t.Errorf("metadata changed: %+v", l.VM)
+	}
+	l.Unlock()
+}

@@ -138,7 +138,18 @@ func (m *Manager) CreateSnapshot(vmName, name, description string, quiesce bool)
 	final.Snapshots = append(final.Snapshots, snap)
 	final.Current = name
 	j.Final = final
-	run := func() error { return l.run(j, ex) }
+	run := func() error {
+		err := l.run(j, ex)
+		if err != nil && ex.Live != nil {
+			// QEMU's transaction is all or nothing: when it failed, no
+			// disk switched, so the new overlays are removed and the
+			// operation is undone rather than left to recover.
+			if rerr := m.rollbackCreate(l, j, ex.Live); rerr == nil {
+				return fmt.Errorf("VM %s: snapshot %s not taken (the new overlays were removed): %w", vm.Name, name, err)
+			}
+		}
+		return err
+	}
 	if quiesce {
 		ga, err := qmp.DialGuestAgent(m.ctx(), vm.QGA)
 		if err != nil {
@@ -277,4 +288,31 @@ func Tree(files []string, active string) string {
 		parts = append(parts, p)
 	}
 	return strings.Join(parts, " <- ")
+}
+
+// rollbackCreate undoes a live create whose transaction did not switch any
+// disk: it removes the overlays the journal created and drops the journal.
+// It refuses (returns an error) when any disk already runs on a new overlay.
+func (m *Manager) rollbackCreate(l *Locked, j *Journal, live *Live) error {
+	for _, s := range j.Steps {
+		if s.Kind == StepLiveSnapshot && s.Done {
+			return fmt.Errorf("the switch happened")
+		}
+	}
+	for _, s := range j.Steps {
+		if s.Kind != StepCreateOverlay {
+			continue
+		}
+		if d, _, err := live.diskFor(m.ctx(), s.File); err != nil || d != nil {
+			return fmt.Errorf("%s is in use", s.File)
+		}
+	}
+	for _, s := range j.Steps {
+		if s.Kind == StepCreateOverlay {
+			if err := os.Remove(s.File); err != nil && !os.IsNotExist(err) {
+				return err
+			}
+		}
+	}
+	return l.dropJournal()
 }
