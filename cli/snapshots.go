@@ -304,15 +304,7 @@ func snapshotInfo(vm *chain.VM, s *chain.Snapshot) SnapshotInfo {
 }
 
 func runSnapshotList(c *cli.Context) error {
-	a, err := args(c, "VM")
-	if err != nil {
-		return err
-	}
-	asJSON, err := outputJSON(c)
-	if err != nil {
-		return err
-	}
-	vm, err := manager(c).Store.Load(a[0])
+	vm, asJSON, err := loadVMOutput(c)
 	if err != nil {
 		return err
 	}
@@ -368,15 +360,7 @@ type DiskShow struct {
 }
 
 func runVMShow(c *cli.Context) error {
-	a, err := args(c, "VM")
-	if err != nil {
-		return err
-	}
-	asJSON, err := outputJSON(c)
-	if err != nil {
-		return err
-	}
-	vm, err := manager(c).Store.Load(a[0])
+	vm, asJSON, err := loadVMOutput(c)
 	if err != nil {
 		return err
 	}
@@ -430,4 +414,19 @@ func writePlan(w io.Writer, p *chain.Plan, dry bool) {
 		fmt.Fprintf(w, "  note: %s\n", n)
 	}
 	fmt.Fprintf(w, "  files changed: %s\n  bytes moved: %s\n", dashIfEmpty(strings.Join(p.Changed, ", ")), humanize.IBytes(p.Bytes))
+}
+
+// loadVMOutput loads the VM named by the single argument and says whether
+// --output asks for JSON.
+func loadVMOutput(c *cli.Context) (*chain.VM, bool, error) {
+	a, err := args(c, "VM")
+	if err != nil {
+		return nil, false, err
+	}
+	asJSON, err := outputJSON(c)
+	if err != nil {
+		return nil, false, err
+	}
+	vm, err := manager(c).Store.Load(a[0])
+	return vm, asJSON, err
 }
