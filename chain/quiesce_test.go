@@ -1,0 +1,150 @@
+package chain
+
+import (
+	"bufio"
+	"encoding/json"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// fakeGuestAgent answers qemu-ga's protocol on a unix socket: the
+// guest-sync-delimited handshake and fsfreeze freeze/thaw, recording the
+// frozen state.
+type fakeGuestAgent struct {
+	mu             sync.Mutex
+	frozen         bool
+	freezes, thaws int
+	frozenAtStep   bool
+	path           string
+	ln             net.Listener
+}
+
+func startFakeGuestAgent(t *testing.T) *fakeGuestAgent {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "qga-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	a := &fakeGuestAgent{path: filepath.Join(dir, "qga.sock")}
+	if a.ln, err = net.Listen("unix", a.path); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.ln.Close() })
+	go func() {
+		for {
+			c, err := a.ln.Accept()
+			if err != nil {
+				return
+			}
+			go a.serve(c)
+		}
+	}()
+	return a
+}
+
+func (a *fakeGuestAgent) serve(c net.Conn) {
+	defer c.Close()
+	br := bufio.NewReader(c)
+	for {
+		line, err := br.ReadBytes('\n')
+		if err != nil {
+			return
+		}
+		line = []byte(strings.TrimLeft(string(line), "\xff"))
+		var cmd struct {
+			Execute   string `json:"execute"`
+			Arguments struct {
+				ID json.Number `json:"id"`
+			} `json:"arguments"`
+		}
+		if json.Unmarshal(line, &cmd) != nil {
+			continue
+		}
+		a.mu.Lock()
+		var reply string
+		switch cmd.Execute {
+		case "guest-sync-delimited":
+			reply = "\xff" + `{"return": ` + cmd.Arguments.ID.String() + `}`
+		case "guest-fsfreeze-freeze":
+			a.frozen = true
+			a.freezes++
+			reply = `{"return": 1}`
+		case "guest-fsfreeze-thaw":
+			a.frozen = false
+			a.thaws++
+			reply = `{"return": 1}`
+		case "guest-fsfreeze-status":
+			reply = `{"return": "thawed"}`
+			if a.frozen {
+				reply = `{"return": "frozen"}`
+			}
+		default:
+			reply = `{"error": {"class": "CommandNotFound", "desc": "no"}}`
+		}
+		a.mu.Unlock()
+		c.Write([]byte(reply + "\n"))
+	}
+}
+
+func (a *fakeGuestAgent) state() (bool, int, int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.frozen, a.freezes, a.thaws
+}
+
+// TestQuiesceLive: snapshot create --quiesce freezes the guest's file
+// systems around the live switch and thaws them afterwards, also when the
+// switch fails.
+func TestQuiesceLive(t *testing.T) {
+	need(t, "qemu-img", "qemu-system-x86_64")
+	dir := t.TempDir()
+	var files []string
+	for _, n := range []string{"vda", "vdb", "vdc"} {
+		f := filepath.Join(dir, n+".qcow2")
+		run(t, "qemu-img", "create", "-q", "-f", "qcow2", f, "4M")
+		files = append(files, f)
+	}
+	q := startLiveVM(t, map[string]string{"vda": files[0], "vdb": files[1]})
+	ga := startFakeGuestAgent(t)
+	m := &Manager{Store: &Store{Dir: filepath.Join(dir, "state")}}
+	if err := m.Store.Define(&VM{Name: "qz", QMP: q.qchain, QGA: ga.path, Disks: []Disk{{Target: "vda", Active: files[0]}, {Target: "vdb", Active: files[1]}}}); err != nil {
+		t.Fatal(err)
+	}
+	setStepHook(t, func(_ string, _ int, s Step) {
+		if s.Kind == StepLiveSnapshot {
+			frozen, _, _ := ga.state()
+			ga.mu.Lock()
+			ga.frozenAtStep = frozen
+			ga.mu.Unlock()
+		}
+	})
+	if _, err := m.CreateSnapshot("qz", "s1", "", true); err != nil {
+		t.Fatal(err)
+	}
+	frozen, freezes, thaws := ga.state()
+	if !ga.frozenAtStep || frozen || freezes != 1 || thaws != 1 {
+		t.Errorf("frozen during the switch %t, frozen now %t, %d freezes, %d thaws; want true, false, 1, 1", ga.frozenAtStep, frozen, freezes, thaws)
+	}
+	// A failing switch (a disk the running VM lacks) still thaws.
+	if err := m.Store.Define(&VM{Name: "qz2", QMP: q.qchain, QGA: ga.path, Disks: []Disk{{Target: "vdc", Active: files[2]}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.CreateSnapshot("qz2", "s1", "", true); err == nil {
+		t.Fatal("create on a disk the VM lacks succeeded")
+	}
+	if frozen, freezes, thaws := ga.state(); frozen || freezes != thaws {
+		t.Errorf("after a failed create: frozen %t, %d freezes, %d thaws", frozen, freezes, thaws)
+	}
+	// Without an agent socket --quiesce is refused before anything changes.
+	if err := m.Store.Define(&VM{Name: "qz3", QMP: q.qchain, Disks: []Disk{{Target: "vda", Active: files[0]}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.CreateSnapshot("qz3", "s1", "", true); err == nil || !strings.Contains(err.Error(), "agent") {
+		t.Errorf("--quiesce without an agent: %v", err)
+	}
+}
