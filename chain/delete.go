@@ -415,7 +415,7 @@ func (m *Manager) Delete(vmName, name string, opts DeleteOptions, dryRun bool) (
 	if err != nil || dryRun {
 		return p, err
 	}
-	ex, done, err := m.executor(l.VM)
+	ex, done, err := m.liveExecutor(l.VM)
 	if err != nil {
 		return nil, err
 	}

@@ -204,3 +204,22 @@ func same(a, b string) bool {
 	sb, err2 := os.Stat(b)
 	return err1 == nil && err2 == nil && os.SameFile(sa, sb)
 }
+
+// verify compares the running VM with the metadata: each disk of the VM
+// must be a disk of qemu whose active image is the one the metadata names.
+func (l *Live) verify(ctx context.Context, vm *VM) error {
+	disks, err := l.runningChains(ctx)
+	if err != nil {
+		return fmt.Errorf("VM %s: reading the running disks: %w", vm.Name, err)
+	}
+	for _, d := range vm.Disks {
+		rd := findDisk(disks, d.Target)
+		if rd == nil || len(rd.Chain) == 0 {
+			return fmt.Errorf("VM %s: the running qemu has no disk %s", vm.Name, d.Target)
+		}
+		if top := qmp.PlainFilename(rd.Chain[0].Filename); !same(top, d.Active) {
+			return fmt.Errorf("VM %s disk %s: the running qemu writes to %s, but the metadata says %s: the disks changed behind qchain's back", vm.Name, d.Target, top, d.Active)
+		}
+	}
+	return nil
+}

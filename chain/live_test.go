@@ -655,13 +655,20 @@ func TestLiveCreateRollback(t *testing.T) {
 	}
 	q := startLiveVM(t, map[string]string{"vda": files[0], "vdb": files[1]})
 	m := &Manager{Store: &Store{Dir: filepath.Join(dir, "state")}}
-	vm := &VM{Name: "rb", QMP: q.qchain, Disks: []Disk{{Target: "vda", Active: files[0]}, {Target: "vdc", Active: files[2]}}}
+	vm := &VM{Name: "rb", QMP: q.qchain, Disks: []Disk{{Target: "vda", Active: files[0]}, {Target: "vdb", Active: files[1]}}}
 	if err := m.Store.Define(vm); err != nil {
 		t.Fatal(err)
 	}
+	// Make the switch fail: qemu cannot open vdb's new overlay.
+	setStepHook(t, func(_ string, _ int, s Step) {
+		if s.Kind == StepLiveSnapshot {
+			os.Truncate(s.Files[1], 0)
+		}
+	})
+	defer func() { StepHook = nil }()
 	before, _ := os.ReadDir(dir)
 	if _, err := m.CreateSnapshot("rb", "s1", "", false); err == nil || !strings.Contains(err.Error(), "not taken") {
-		t.Fatalf("create with a disk the VM lacks: %v; want a rolled back failure", err)
+		t.Fatalf("create whose switch fails: %v; want a rolled back failure", err)
 	}
 	after, _ := os.ReadDir(dir)
 	if len(after) != len(before) {

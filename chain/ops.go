@@ -64,6 +64,20 @@ func (m *Manager) executor(vm *VM) (*Offline, func(), error) {
 	return ex, func() { conn.Close() }, nil
 }
 
+// liveExecutor is executor, and when the VM runs it also checks that
+// qemu's disks are the ones the metadata names.
+func (m *Manager) liveExecutor(vm *VM) (*Offline, func(), error) {
+	ex, done, err := m.executor(vm)
+	if err != nil || ex.Live == nil {
+		return ex, done, err
+	}
+	if err := ex.Live.verify(m.ctx(), vm); err != nil {
+		done()
+		return nil, nil, err
+	}
+	return ex, done, nil
+}
+
 // overlayName derives a new overlay's path next to dir's images from the
 // VM, disk and snapshot names, never an existing file.
 func overlayName(dir, vm, target, snap string) string {
@@ -106,7 +120,7 @@ func (m *Manager) CreateSnapshot(vmName, name, description string, quiesce bool)
 	if err := Verify(vm); err != nil {
 		return nil, err
 	}
-	ex, done, err := m.executor(vm)
+	ex, done, err := m.liveExecutor(vm)
 	if err != nil {
 		return nil, err
 	}

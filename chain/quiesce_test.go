@@ -130,18 +130,22 @@ func TestQuiesceLive(t *testing.T) {
 	if !ga.frozenAtStep || frozen || freezes != 1 || thaws != 1 {
 		t.Errorf("frozen during the switch %t, frozen now %t, %d freezes, %d thaws; want true, false, 1, 1", ga.frozenAtStep, frozen, freezes, thaws)
 	}
-	// A failing switch (a disk the running VM lacks) still thaws.
-	if err := m.Store.Define(&VM{Name: "qz2", QMP: q.qchain, QGA: ga.path, Disks: []Disk{{Target: "vdc", Active: files[2]}}}); err != nil {
-		t.Fatal(err)
+	// A failing switch (qemu cannot open a new overlay) still thaws.
+	setStepHook(t, func(_ string, _ int, s Step) {
+		if s.Kind == StepLiveSnapshot {
+			os.Truncate(s.Files[0], 0)
+		}
+	})
+	if _, err := m.CreateSnapshot("qz", "s2", "", true); err == nil {
+		t.Fatal("create with a broken overlay succeeded")
 	}
-	if _, err := m.CreateSnapshot("qz2", "s1", "", true); err == nil {
-		t.Fatal("create on a disk the VM lacks succeeded")
-	}
+	StepHook = nil
 	if frozen, freezes, thaws := ga.state(); frozen || freezes != thaws {
 		t.Errorf("after a failed create: frozen %t, %d freezes, %d thaws", frozen, freezes, thaws)
 	}
 	// Without an agent socket --quiesce is refused before anything changes.
-	if err := m.Store.Define(&VM{Name: "qz3", QMP: q.qchain, Disks: []Disk{{Target: "vda", Active: files[0]}}}); err != nil {
+	cur, _ := m.Store.Load("qz")
+	if err := m.Store.Define(&VM{Name: "qz3", QMP: q.qchain, Disks: []Disk{{Target: "vda", Active: cur.Disks[0].Active}}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := m.CreateSnapshot("qz3", "s1", "", true); err == nil || !strings.Contains(err.Error(), "agent") {
