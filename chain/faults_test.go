@@ -160,3 +160,30 @@ func TestLiveQMPDiesMidDelete(t *testing.T) {
 	}
 	sameSums(t, m, "dies", want)
 }
+
+// TestLiveMismatch: when the running qemu writes to another image than the
+// metadata names, live operations refuse with a clear error and change
+// nothing.
+func TestLiveMismatch(t *testing.T) {
+	need(t, "qemu-img", "qemu-system-x86_64")
+	dir := t.TempDir()
+	var files []string
+	for _, n := range []string{"vda", "vdb", "other"} {
+		f := filepath.Join(dir, n+".qcow2")
+		run(t, "qemu-img", "create", "-q", "-f", "qcow2", f, "4M")
+		files = append(files, f)
+	}
+	q := startLiveVM(t, map[string]string{"vda": files[0], "vdb": files[1]})
+	m := &Manager{Store: &Store{Dir: filepath.Join(dir, "state")}}
+	if err := m.Store.Define(&VM{Name: "mm", QMP: q.qchain, Disks: []Disk{{Target: "vda", Active: files[2]}}}); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.ReadDir(dir)
+	_, err := m.CreateSnapshot("mm", "s1", "", false)
+	if err == nil || !strings.Contains(err.Error(), "behind qchain's back") {
+		t.Fatalf("create with qemu on another image: %v", err)
+	}
+	if after, _ := os.ReadDir(dir); len(after) != len(before) {
+		t.Errorf("files created by a refused create")
+	}
+}
