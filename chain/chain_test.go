@@ -53,7 +53,7 @@ func TestSnapshotLifeOffline(t *testing.T) {
 	disk := filepath.Join(dir, "vda.qcow2")
 	run(t, "qemu-img", "create", "-q", "-f", "qcow2", disk, "8M")
 	write(t, disk, 1, "0")
-	m := &Manager{Store: &Store{Dir: filepath.Join(dir, "state")}}
+	m := &Manager{BeforeStep: testHook, Store: &Store{Dir: filepath.Join(dir, "state")}}
 	if err := m.Store.Define(&VM{Name: "vm1", Disks: []Disk{{Target: "vda", Active: disk}}}); err != nil {
 		t.Fatal(err)
 	}

@@ -421,7 +421,7 @@ func (m *Manager) Delete(vmName, name string, opts DeleteOptions, dryRun bool) (
 	}
 	defer done()
 	j := &Journal{Op: "delete", Snapshot: name, Started: m.now(), Steps: p.Steps, Final: p.Final, Live: ex.Live != nil}
-	return p, l.run(j, ex)
+	return p, l.run(j, ex, m.BeforeStep)
 }
 
 // Rotate keeps the keep newest snapshots of the current branch (the

@@ -67,7 +67,7 @@ func TestDeleteENOSPC(t *testing.T) {
 	disk := filepath.Join(small, "vda.qcow2")
 	run(t, "qemu-img", "create", "-q", "-f", "qcow2", disk, "8M")
 	run(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 3M", disk)
-	m := &Manager{Store: &Store{Dir: filepath.Join(dir, "state")}}
+	m := &Manager{BeforeStep: testHook, Store: &Store{Dir: filepath.Join(dir, "state")}}
 	if err := m.Store.Define(&VM{Name: "full", Disks: []Disk{{Target: "vda", Active: disk}}}); err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +122,7 @@ func TestLiveQMPDiesMidDelete(t *testing.T) {
 		run(t, "qemu-img", "create", "-q", "-f", "qcow2", f, "4M")
 	}
 	q := startLiveVM(t, map[string]string{"vda": vda, "vdb": vdb})
-	m := &Manager{Store: &Store{Dir: filepath.Join(dir, "state")}}
+	m := &Manager{BeforeStep: testHook, Store: &Store{Dir: filepath.Join(dir, "state")}}
 	if err := m.Store.Define(&VM{Name: "dies", QMP: q.qchain, Disks: []Disk{{Target: "vda", Active: vda}, {Target: "vdb", Active: vdb}}}); err != nil {
 		t.Fatal(err)
 	}
@@ -174,7 +174,7 @@ func TestLiveMismatch(t *testing.T) {
 		files = append(files, f)
 	}
 	q := startLiveVM(t, map[string]string{"vda": files[0], "vdb": files[1]})
-	m := &Manager{Store: &Store{Dir: filepath.Join(dir, "state")}}
+	m := &Manager{BeforeStep: testHook, Store: &Store{Dir: filepath.Join(dir, "state")}}
 	if err := m.Store.Define(&VM{Name: "mm", QMP: q.qchain, Disks: []Disk{{Target: "vda", Active: files[2]}}}); err != nil {
 		t.Fatal(err)
 	}

@@ -126,13 +126,9 @@ func (l *Locked) dropJournal() error {
 	return syncDir(filepath.Dir(l.journalPath()))
 }
 
-// StepHook, when set, is called before each step runs (tests use it to
-// simulate a crash at every step).
-var StepHook func(op string, index int, s Step)
-
 // run executes a journal from its first unfinished step, recording each
 // step as done, then saves the final metadata and drops the journal.
-func (l *Locked) run(j *Journal, ex Executor) error {
+func (l *Locked) run(j *Journal, ex Executor, before func(op string, index int, s Step)) error {
 	if err := l.writeJournal(j); err != nil {
 		return err
 	}
@@ -140,8 +136,8 @@ func (l *Locked) run(j *Journal, ex Executor) error {
 		if j.Steps[i].Done {
 			continue
 		}
-		if StepHook != nil {
-			StepHook(j.Op, i, j.Steps[i])
+		if before != nil {
+			before(j.Op, i, j.Steps[i])
 		}
 		if err := ex.Run(j.Steps[i]); err != nil {
 			return fmt.Errorf("VM %s: %s of %s: step %d (%s): %w; the operation is journaled: fix the cause and run `qchain recover %s`",

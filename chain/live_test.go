@@ -654,7 +654,7 @@ func TestLiveCreateRollback(t *testing.T) {
 		files = append(files, f)
 	}
 	q := startLiveVM(t, map[string]string{"vda": files[0], "vdb": files[1]})
-	m := &Manager{Store: &Store{Dir: filepath.Join(dir, "state")}}
+	m := &Manager{BeforeStep: testHook, Store: &Store{Dir: filepath.Join(dir, "state")}}
 	vm := &VM{Name: "rb", QMP: q.qchain, Disks: []Disk{{Target: "vda", Active: files[0]}, {Target: "vdb", Active: files[1]}}}
 	if err := m.Store.Define(vm); err != nil {
 		t.Fatal(err)

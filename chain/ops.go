@@ -25,6 +25,9 @@ type Manager struct {
 	Progress func(s Step, current, total int64)
 	// Now returns the time recorded in new snapshots (tests fix it).
 	Now func() time.Time
+	// BeforeStep, when set, is called before each journal step runs
+	// (tests stop an operation there to check recovery at every step).
+	BeforeStep func(op string, index int, s Step)
 }
 
 func (m *Manager) ctx() context.Context {
@@ -153,7 +156,7 @@ func (m *Manager) CreateSnapshot(vmName, name, description string, quiesce bool)
 	final.Current = name
 	j.Final = final
 	run := func() error {
-		err := l.run(j, ex)
+		err := l.run(j, ex, m.BeforeStep)
 		if err != nil && ex.Live != nil {
 			// QEMU's transaction is all or nothing: when it failed, no
 			// disk switched, so the new overlays are removed and the
@@ -252,7 +255,7 @@ func (m *Manager) Revert(vmName, name string, force bool) error {
 	final.Current = name
 	j.Final = final
 	ex := &Offline{Ctx: m.ctx(), StorageDaemon: m.StorageDaemon}
-	return l.run(j, ex)
+	return l.run(j, ex, m.BeforeStep)
 }
 
 func (vm *VM) trackedSnapshotFiles(target string) []string {
@@ -288,7 +291,7 @@ func (m *Manager) Recover(vmName string) (*Journal, error) {
 			}
 		}
 	}
-	return j, l.run(j, ex)
+	return j, l.run(j, ex, m.BeforeStep)
 }
 
 // Tree draws a chain as `base <- a <- b*` (the active image starred).

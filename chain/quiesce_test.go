@@ -111,7 +111,7 @@ func TestQuiesceLive(t *testing.T) {
 	}
 	q := startLiveVM(t, map[string]string{"vda": files[0], "vdb": files[1]})
 	ga := startFakeGuestAgent(t)
-	m := &Manager{Store: &Store{Dir: filepath.Join(dir, "state")}}
+	m := &Manager{BeforeStep: testHook, Store: &Store{Dir: filepath.Join(dir, "state")}}
 	if err := m.Store.Define(&VM{Name: "qz", QMP: q.qchain, QGA: ga.path, Disks: []Disk{{Target: "vda", Active: files[0]}, {Target: "vdb", Active: files[1]}}}); err != nil {
 		t.Fatal(err)
 	}

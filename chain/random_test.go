@@ -302,7 +302,7 @@ func newRig(t *testing.T, seed int64) *rig {
 	if err := os.MkdirAll(r.img, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	r.m = &Manager{Store: &Store{Dir: r.state}, Ctx: context.Background()}
+	r.m = &Manager{BeforeStep: testHook, Store: &Store{Dir: r.state}, Ctx: context.Background()}
 	r.gold = filepath.Join(r.img, "gold.qcow2")
 	mustTool(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=65536", r.gold, strconv.Itoa(rDiskSize))
 	mustTool(t, "qemu-io", "-f", "qcow2", "-c", "write -q -P 0x47 0 1M", "-c", "write -q -P 0x48 2M 1M", "-c", "write -q -z 2560k 128k", r.gold)
