@@ -146,7 +146,12 @@ func startQemu(t *testing.T, images ...string) {
 			continue
 		}
 		conn.SetDeadline(time.Now().Add(10 * time.Second))
-		line, err := bufio.NewReader(conn).ReadString('\n')
+		// An event (RESUME) can come before the greeting while qemu starts.
+		br := bufio.NewReader(conn)
+		line, err := br.ReadString('\n')
+		for i := 0; err == nil && strings.Contains(line, `"event"`) && i < 16; i++ {
+			line, err = br.ReadString('\n')
+		}
 		conn.Close()
 		if err == nil && strings.Contains(line, `"QMP"`) {
 			return

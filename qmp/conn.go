@@ -26,6 +26,8 @@ const (
 	// DefaultEventBuffer is the per-subscriber event buffer when
 	// Options.EventBuffer is zero.
 	DefaultEventBuffer = 4096
+	// maxEventsBeforeGreeting bounds the events skipped before the greeting.
+	maxEventsBeforeGreeting = 16
 	// DefaultCallTimeout bounds the calls that take no context (the
 	// go-qemu Monitor methods Connect and Run) when Options.CallTimeout is
 	// zero.
@@ -189,15 +191,27 @@ func (c *Conn) ConnectContext(ctx context.Context) (err error) {
 
 	stop := interruptIO(ctx, c.nc.SetReadDeadline)
 	lr := newLineReader(c.nc, c.opts.MaxLineSize)
-	line, err := lr.readLine()
-	if err != nil {
-		stop()
-		return ctxErr(ctx, fmt.Errorf("reading greeting: %w", err))
-	}
 	var g struct {
-		QMP *Greeting `json:"QMP"`
+		QMP   *Greeting `json:"QMP"`
+		Event string    `json:"event"`
 	}
-	if json.Unmarshal(line, &g) != nil || g.QMP == nil {
+	var line []byte
+	// A client that connects while QEMU starts can receive an event (RESUME)
+	// before the greeting: QEMU queues events to an accepted monitor before
+	// its main loop sends the greeting. Skip a few such events.
+	for skipped := 0; ; skipped++ {
+		line, err = lr.readLine()
+		if err != nil {
+			stop()
+			return ctxErr(ctx, fmt.Errorf("reading greeting: %w", err))
+		}
+		g.QMP, g.Event = nil, ""
+		if json.Unmarshal(line, &g) == nil && g.QMP == nil && g.Event != "" && skipped < maxEventsBeforeGreeting {
+			continue
+		}
+		break
+	}
+	if g.QMP == nil {
 		stop()
 		return fmt.Errorf("%w: unexpected greeting %.200q", ErrProtocol, line)
 	}

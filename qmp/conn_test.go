@@ -453,3 +453,38 @@ func TestRunReplacesID(t *testing.T) {
 		t.Fatalf("greeting %+v", g)
 	}
 }
+
+// TestEventBeforeGreeting: a client that connects while QEMU starts may
+// read an event (RESUME) before the greeting; Dial skips it. A line that
+// is neither stays a protocol error.
+func TestEventBeforeGreeting(t *testing.T) {
+	path := startFake(t, func(f *fakeConn) {
+		f.sendLine(`{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "RESUME"}`)
+		if !f.greet() {
+			return
+		}
+		for {
+			c, ok := f.recv()
+			if !ok {
+				return
+			}
+			f.reply(c, map[string]any{})
+		}
+	})
+	c := dialFake(t, path, Options{})
+	if g := c.Greeting(); g.Version.QEMU.Major != 7 {
+		t.Fatalf("greeting %+v", g)
+	}
+	if err := c.Execute(testCtx(t, 5*time.Second), "query-status", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	bad := startFake(t, func(f *fakeConn) {
+		f.sendLine(`{"return": {}}`)
+		f.recv()
+	})
+	_, err := Dial(testCtx(t, 5*time.Second), bad, Options{})
+	if !errors.Is(err, ErrProtocol) {
+		t.Fatalf("Dial to a server without greeting: %v, want ErrProtocol", err)
+	}
+}
