@@ -9,8 +9,10 @@ export QCHAIN_BIN := $(CURDIR)/$(BIN)
 
 all: build
 
+# A static binary (no cgo: the net package would otherwise link libc and
+# start through the dynamic loader, several ms of every short command).
 build:
-	$(GO) build -tags urfave_cli_no_docs -o $(BIN) ./cli/qchain
+	CGO_ENABLED=0 $(GO) build -trimpath -tags urfave_cli_no_docs -o $(BIN) ./cli/qchain
 
 # deps installs the qemu tools the tests and the demo run against.
 deps:

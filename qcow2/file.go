@@ -108,22 +108,27 @@ func NewFile(r io.ReaderAt, size int64) (*File, error) {
 	if size < n {
 		n = size
 	}
-	// Read the first 4 KiB, then the rest of the header cluster if needed.
+	// Read the first 4 KiB and parse them. Parsing reads no byte past the
+	// buffer and fails when it would, so a success on this prefix is the
+	// parse of the whole header cluster; only on failure is the rest of
+	// the cluster read and the parse repeated (few headers need it, and
+	// fresh pages are costly on some hosts: a chain opens many files).
 	first := min(n, 4096)
 	b := make([]byte, first)
 	if _, err := r.ReadAt(b, 0); err != nil && !errors.Is(err, io.EOF) {
 		return nil, err
 	}
-	if len(b) >= 24 && binary.BigEndian.Uint32(b) == Magic {
+	h, err := ParseHeader(b, size)
+	if err != nil && len(b) >= 24 && binary.BigEndian.Uint32(b) == Magic {
 		if cb := binary.BigEndian.Uint32(b[20:]); cb >= MinClusterBits && cb <= MaxClusterBits && int64(1)<<cb > first {
 			want := min(int64(1)<<cb, n)
 			b = make([]byte, want)
 			if _, err := r.ReadAt(b, 0); err != nil && !errors.Is(err, io.EOF) {
 				return nil, err
 			}
+			h, err = ParseHeader(b, size)
 		}
 	}
-	h, err := ParseHeader(b, size)
 	if err != nil {
 		return nil, err
 	}

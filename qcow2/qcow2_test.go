@@ -248,3 +248,37 @@ func TestReadAtPastEnd(t *testing.T) {
 		t.Errorf("got %d, %v; want 10, EOF", n, err)
 	}
 }
+
+// TestHeaderPastFirstPage: NewFile parses the first 4 KiB and reads the
+// rest of the header cluster only when the parse needs it; extensions and
+// a backing name past 4 KiB must come out as from a whole-cluster parse.
+func TestHeaderPastFirstPage(t *testing.T) {
+	const cs = 64 << 10
+	big := rawExtension{typ: 0x12345678, data: bytes.Repeat([]byte{0xab}, 6000)}
+	h := headerFields{clusterBits: 16, size: 1 << 30, l1Size: 2, l1Off: 3 * cs, rtOff: cs, rtClusters: 1}
+	b, err := buildHeader(h, "far/away/base.qcow2", "qcow2", nil, []rawExtension{big}, cs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := make([]byte, 4*cs)
+	copy(img, b)
+	want, err := ParseHeader(img[:cs], int64(len(img)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want.BackingFileOffset < 4096 || want.BackingFile != "far/away/base.qcow2" || want.BackingFormat != "qcow2" {
+		t.Fatalf("test image does not put the backing name past 4 KiB: %+v", want)
+	}
+	f, err := NewFile(bytes.NewReader(img), int64(len(img)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Header.BackingFile != want.BackingFile || f.Header.BackingFormat != want.BackingFormat || len(f.Header.Extensions) != len(want.Extensions) {
+		t.Fatalf("NewFile header %+v, want %+v", f.Header, want)
+	}
+	// The same header with the extension running past the end of a file
+	// shorter than one cluster stays an error.
+	if _, err := NewFile(bytes.NewReader(img[:5000]), 5000); err == nil {
+		t.Fatal("NewFile accepted a header cut inside an extension")
+	}
+}

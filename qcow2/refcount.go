@@ -104,6 +104,11 @@ func (f *File) metadataPreallocated() bool {
 		realClusters := uint64(real) / cs
 		threshold := max(realClusters*10/9, realClusters+2)
 		end := divRoundUp(uint64(f.size), cs)
+		if end < threshold {
+			// Fewer clusters in the file than the threshold: the count
+			// cannot reach it, and the refcounts need not be read.
+			return
+		}
 		var count uint64
 		for i := uint64(0); i < end && count < threshold; i++ {
 			rc, err := f.Refcount(i)

@@ -28,6 +28,10 @@ type BlockStatus struct {
 type Walker struct {
 	c   *Chain
 	cur []Extent
+	// sizes and files cache each layer's size and, for qcow2 layers, its
+	// *File, out of the per-run path.
+	sizes []uint64
+	files []*File
 	// tc holds each qcow2 layer's current L2 table privately; nil for
 	// walkers made for one random read, which use the shared cache.
 	tc []TableCursor
@@ -44,87 +48,105 @@ func (c *Chain) NewWalker() *Walker {
 }
 
 func (c *Chain) newWalker() *Walker {
-	return &Walker{c: c, cur: make([]Extent, len(c.Layers)), prealloc: make([]int8, len(c.Layers))}
+	n := len(c.Layers)
+	w := &Walker{c: c, cur: make([]Extent, n), sizes: make([]uint64, n), files: make([]*File, n), prealloc: make([]int8, n)}
+	for d, l := range c.Layers {
+		w.sizes[d] = l.Size()
+		w.files[d], _ = l.(*File)
+	}
+	return w
 }
 
-// layerExtent returns layer d's extent covering pos, clipped to end.
-func (w *Walker) layerExtent(d int, pos, end uint64) (Extent, error) {
-	e := w.cur[d]
-	if e.Length == 0 || pos < e.Start || pos >= e.End() {
-		var err error
-		if f, ok := w.c.Layers[d].(*File); ok && w.tc != nil {
-			// Scan at least to the end of the current L2 table: the
-			// table is at hand, and a longer run stays cached for the
-			// next positions instead of being recomputed piece by piece.
-			span := f.l2Entries() << f.Header.ClusterBits
-			scanEnd := max(end, min((pos/span+1)*span, f.Size()))
-			e, err = f.extent(pos, scanEnd-pos, &w.tc[d])
-		} else {
-			e, err = w.c.Layers[d].Extent(pos, end-pos)
-		}
-		if err != nil {
-			return Extent{}, err
-		}
-		w.cur[d] = e
+// fill makes w.cur[d] layer d's extent covering pos, scanning at most to
+// end (qcow2 layers with a cursor scan at least to the end of the L2 table
+// at hand: a longer run stays cached for the next positions instead of
+// being recomputed piece by piece).
+func (w *Walker) fill(d int, pos, end uint64) error {
+	var e Extent
+	var err error
+	if f := w.files[d]; f != nil && w.tc != nil {
+		span := f.l2Entries() << f.Header.ClusterBits
+		scanEnd := max(end, min((pos/span+1)*span, w.sizes[d]))
+		e, err = f.extent(pos, scanEnd-pos, &w.tc[d])
+	} else {
+		e, err = w.c.Layers[d].Extent(pos, end-pos)
 	}
-	// Rebase to pos.
+	if err != nil {
+		return err
+	}
+	w.cur[d] = e
+	return nil
+}
+
+// at returns layer d's cached extent rebased to start at pos (which it
+// covers).
+func (w *Walker) at(d int, pos uint64) Extent {
+	e := w.cur[d]
 	if e.Type.HasHostOffset() {
 		e.HostOffset += pos - e.Start
 	}
 	e.Length -= pos - e.Start
 	e.Start = pos
-	return e, nil
+	return e
 }
 
 // Status returns the status of the run that starts at pos and ends at most
 // at end (end <= the chain's size).
 func (w *Walker) Status(pos, end uint64) (BlockStatus, error) {
-	if end > w.c.Size() || pos >= end {
+	if end > w.sizes[0] || pos >= end {
 		return BlockStatus{}, fmt.Errorf("block status of [%#x, %#x) outside the image size %#x", pos, end, w.c.Size())
 	}
 	limit := end
-	var above Extent
-	for d := range w.c.Layers {
-		l := w.c.Layers[d]
-		if d > 0 && pos >= l.Size() {
+	above := -1 // the layer above the current one, whose run is unallocated
+	for d := range w.cur {
+		if d > 0 && pos >= w.sizes[d] {
 			// The backing file is shorter: the layer above reads as zeros.
-			s := BlockStatus{Start: pos, Length: limit - pos, Depth: d - 1, Zero: true, Extent: above}
-			if above.Type == UnallocatedAlloc {
-				s.HasOffset, s.Offset = true, above.HostOffset
+			return w.unallocated(pos, limit, above), nil
+		}
+		limit = min(limit, w.sizes[d])
+		c := &w.cur[d]
+		if c.Length == 0 || pos < c.Start || pos-c.Start >= c.Length {
+			if err := w.fill(d, pos, limit); err != nil {
+				return BlockStatus{}, err
 			}
-			return s, nil
 		}
-		limit = min(limit, l.Size())
-		e, err := w.layerExtent(d, pos, limit)
-		if err != nil {
-			return BlockStatus{}, err
+		limit = min(limit, c.Start+c.Length)
+		if !c.Type.Allocated() {
+			above = d
+			continue
 		}
-		limit = min(limit, e.End())
-		if e.Type.Allocated() {
-			s := BlockStatus{Start: pos, Length: limit - pos, Depth: d, Present: true, Extent: e}
-			switch e.Type {
-			case Normal:
-				s.Data, s.HasOffset, s.Offset = true, true, e.HostOffset
-				if err := w.preallocHoles(d, &s); err != nil {
-					return BlockStatus{}, err
-				}
-			case Compressed:
-				s.Data = true
-			case ZeroPlain:
-				s.Zero = true
-			case ZeroAlloc:
-				s.Zero, s.HasOffset, s.Offset = true, true, e.HostOffset
+		e := w.at(d, pos)
+		s := BlockStatus{Start: pos, Length: limit - pos, Depth: d, Present: true, Extent: e}
+		switch e.Type {
+		case Normal:
+			s.Data, s.HasOffset, s.Offset = true, true, e.HostOffset
+			if err := w.preallocHoles(d, &s); err != nil {
+				return BlockStatus{}, err
 			}
-			return s, nil
+		case Compressed:
+			s.Data = true
+		case ZeroPlain:
+			s.Zero = true
+		case ZeroAlloc:
+			s.Zero, s.HasOffset, s.Offset = true, true, e.HostOffset
 		}
-		above = e
+		return s, nil
 	}
-	d := len(w.c.Layers) - 1
-	s := BlockStatus{Start: pos, Length: limit - pos, Depth: d, Zero: true, Extent: above}
-	if above.Type == UnallocatedAlloc {
-		s.HasOffset, s.Offset = true, above.HostOffset
+	return w.unallocated(pos, limit, above), nil
+}
+
+// unallocated is the status of [pos, limit) when no layer down to and
+// including above (or, for a shorter backing file, below it) allocates it:
+// zeros, reported at above's depth with its preallocated host offset.
+func (w *Walker) unallocated(pos, limit uint64, above int) BlockStatus {
+	s := BlockStatus{Start: pos, Length: limit - pos, Depth: max(above, 0), Zero: true}
+	if above >= 0 {
+		s.Extent = w.at(above, pos)
+		if s.Extent.Type == UnallocatedAlloc {
+			s.HasOffset, s.Offset = true, s.Extent.HostOffset
+		}
 	}
-	return s, nil
+	return s
 }
 
 // preallocHoles marks data clusters that are holes in the host file as zero
