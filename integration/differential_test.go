@@ -109,6 +109,10 @@ func differential(t *testing.T, bin, root, top string, ex caseExtras) {
 		t.Run(p.name, func(t *testing.T) {
 			got := fixtures.Run(ctx, p.dir, bin, p.args...)
 			compareJSONRun(t, p.ref, got)
+			if p.args[0] == "check" && string(got.Stderr) != string(p.ref.Stderr) {
+				// The findings, one line each, in qemu-img's order.
+				t.Errorf("check messages differ from qemu-img's:\n--- qemu-img\n%s--- qchain\n%s", p.ref.Stderr, got.Stderr)
+			}
 		})
 	}
 	t.Run("export", func(t *testing.T) {

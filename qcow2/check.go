@@ -144,11 +144,22 @@ type checker struct {
 	rbOff  uint64
 	rb     []byte
 	rbBits uint32
+	// rbIdx is the refcount table index of the block in rb, when rbOff
+	// is not zero.
+	rbIdx uint64
+
+	// dataFile caches f.Header.HasDataFile() for the per-entry paths.
+	dataFile bool
+	// copied holds the COPIED flag test's messages (see copiedMsg).
+	copied []string
 }
 
 // diskRefcount is File.Refcount through the checker's own block cache.
 func (c *checker) diskRefcount(ci uint64) (uint64, error) {
 	ti := ci >> c.rbBits
+	if c.rbOff != 0 && ti == c.rbIdx {
+		return RefcountEntry(c.rb, c.f.Header.RefcountOrder, ci&(1<<c.rbBits-1)), nil
+	}
 	if ti >= uint64(len(c.rt)) {
 		return 0, nil
 	}
@@ -167,7 +178,7 @@ func (c *checker) diskRefcount(ci uint64) (uint64, error) {
 		if err := c.read(c.rb, off); err != nil {
 			return 0, withFile(c.f.Name, err)
 		}
-		c.rbOff = off
+		c.rbOff, c.rbIdx = off, ti
 	}
 	return RefcountEntry(c.rb, c.f.Header.RefcountOrder, ci&(1<<c.rbBits-1)), nil
 }
@@ -175,6 +186,15 @@ func (c *checker) diskRefcount(ci uint64) (uint64, error) {
 func (c *checker) msg(format string, args ...any) {
 	if len(c.res.Messages) < maxCheckMessages {
 		c.res.Messages = append(c.res.Messages, fmt.Sprintf(format, args...))
+	}
+}
+
+// copiedMsg records a finding of the COPIED flag test. QEMU runs that test
+// after comparing refcounts, so its messages follow the comparison's
+// (Check appends them) although qchain finds them in the first pass.
+func (c *checker) copiedMsg(format string, args ...any) {
+	if len(c.copied) < maxCheckMessages {
+		c.copied = append(c.copied, fmt.Sprintf(format, args...))
 	}
 }
 
@@ -222,6 +242,7 @@ func (f *File) Check() (*CheckResult, error) {
 	if err != nil {
 		return nil, err
 	}
+	c.res.Messages = append(c.res.Messages, c.copied[:min(len(c.copied), maxCheckMessages-len(c.res.Messages))]...)
 	c.res.ImageEndOffset = int64((highest + 1) * c.cs)
 	return c.res, nil
 }
@@ -246,7 +267,7 @@ func (f *File) references() (_ *checker, err error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &checker{f: f, res: res, cs: cs, rt: rt, refs: newRefCounts(nb, f.Header.RefcountBits()), rbBits: f.refcountBlockBits()}
+	c := &checker{f: f, res: res, cs: cs, rt: rt, refs: newRefCounts(nb, f.Header.RefcountBits()), rbBits: f.refcountBlockBits(), dataFile: f.Header.HasDataFile()}
 	defer func() {
 		if err != nil {
 			c.refs.free()
@@ -305,7 +326,6 @@ func (c *checker) checkL1(off, n uint64, active bool) error {
 	}
 	c.inc(off, n*8)
 	buf := make([]byte, min(n, l1ChunkEntries)*8)
-	l2 := make([]byte, c.cs)
 	for i := uint64(0); i < n; {
 		chunk := min(n-i, l1ChunkEntries)
 		if off+i*8 >= uint64(c.f.size) {
@@ -317,6 +337,7 @@ func (c *checker) checkL1(off, n uint64, active bool) error {
 			c.res.CheckErrors++
 			return withFile(c.f.Name, fmt.Errorf("I/O error reading L1 table: %w", err))
 		}
+		tables := c.prefetch(b)
 		for j := uint64(0); j < chunk; j++ {
 			e := binary.BigEndian.Uint64(b[j*8:])
 			if e == 0 {
@@ -332,18 +353,97 @@ func (c *checker) checkL1(off, n uint64, active bool) error {
 				c.msg("ERROR l2_offset=%x: Table is not cluster aligned; L1 entry corrupted", l2off)
 				c.res.Corruptions++
 			}
-			if err := c.read(l2, l2off); err != nil {
+			l2, err := tables.next()
+			if err != nil {
+				tables.stop()
 				c.res.CheckErrors++
 				return err
 			}
 			c.checkL2(l2, active)
+			tables.done(l2)
 			if active && l2off != 0 {
 				c.checkCopiedL1(i+j, e)
 			}
 		}
+		tables.stop()
 		i += chunk
 	}
 	return nil
+}
+
+// l2Prefetch reads the L2 tables of an L1 chunk in order on its own
+// goroutine, a few ahead of the check, so reading overlaps checking.
+type l2Prefetch struct {
+	out  chan l2Read
+	free chan []byte
+	quit chan struct{}
+	wait chan struct{}
+}
+
+type l2Read struct {
+	b   []byte
+	err error
+}
+
+// l2PrefetchDepth is how many tables the reader may run ahead.
+const l2PrefetchDepth = 4
+
+// prefetch starts reading the tables the non-zero entries of the L1 chunk
+// b point to, in order. Every table is read (with the zero fill past the
+// end of the file checkL1 expects), whatever its offset.
+func (c *checker) prefetch(b []byte) *l2Prefetch {
+	p := &l2Prefetch{
+		out:  make(chan l2Read, l2PrefetchDepth),
+		free: make(chan []byte, l2PrefetchDepth+1),
+		quit: make(chan struct{}),
+		wait: make(chan struct{}),
+	}
+	for k := 0; k < l2PrefetchDepth+1; k++ {
+		p.free <- nil
+	}
+	go func() {
+		defer close(p.wait)
+		for j := 0; j+8 <= len(b); j += 8 {
+			e := binary.BigEndian.Uint64(b[j:])
+			if e == 0 {
+				continue
+			}
+			var buf []byte
+			select {
+			case buf = <-p.free:
+			case <-p.quit:
+				return
+			}
+			if buf == nil {
+				buf = make([]byte, c.cs)
+			}
+			err := c.read(buf, e&L1EntryOffsetMask)
+			select {
+			case p.out <- l2Read{buf, err}:
+			case <-p.quit:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return p
+}
+
+// next returns the next table, in the order of the chunk's entries.
+func (p *l2Prefetch) next() ([]byte, error) {
+	r := <-p.out
+	return r.b, r.err
+}
+
+// done gives a table's buffer back to the reader.
+func (p *l2Prefetch) done(b []byte) { p.free <- b }
+
+// stop ends the reader and waits for it.
+func (p *l2Prefetch) stop() {
+	close(p.quit)
+	<-p.wait
 }
 
 // checkL2 is QEMU's check_refcounts_l2 without repairs.
@@ -351,11 +451,47 @@ func (c *checker) checkL2(t []byte, active bool) {
 	g := c.f.Geo
 	n := c.f.l2Entries()
 	var nextContiguous uint64
+	// Standard data entries of an image without a data file take a
+	// shorter path with the same effects as the general one below: they
+	// are most entries of a large image.
+	fast := !g.ExtendedL2 && !c.dataFile
 	for i := uint64(0); i < n; i++ {
 		if !g.ExtendedL2 {
 			// Zero entries (unallocated, no flags) need no check.
 			if i = zeroEntries(t, i, n); i == n {
 				break
+			}
+		}
+		if fast {
+			desc := binary.BigEndian.Uint64(t[i*8:])
+			off := desc & L2EntryOffsetMask
+			if desc&(FlagCompressed|FlagZero|L2EntryReservedMask) == 0 && off != 0 && off&(c.cs-1) == 0 {
+				if active {
+					c.res.AllocatedClusters++
+					if nextContiguous != 0 && off != nextContiguous {
+						c.res.FragmentedClusters++
+					}
+					nextContiguous = off + c.cs
+				}
+				k := off >> g.ClusterBits
+				if n16 := c.refs.n16; k < uint64(len(n16)) && uint64(n16[k]) < c.refs.max {
+					n16[k]++
+				} else {
+					c.inc(off, c.cs)
+				}
+				if active {
+					if ti := k >> c.rbBits; c.rbOff != 0 && ti == c.rbIdx && c.f.Header.RefcountOrder == 4 {
+						// The refcount block at hand, 16-bit refcounts.
+						rc := binary.BigEndian.Uint16(c.rb[(k&(1<<c.rbBits-1))*2:])
+						if (rc == 1) != (desc&FlagCopied != 0) {
+							c.res.Corruptions++
+							c.copiedMsg("ERROR OFLAG_COPIED data cluster: l2_entry=%x refcount=%d", desc, rc)
+						}
+					} else {
+						c.checkCopiedEntry(L2Entry{Desc: desc})
+					}
+				}
+				continue
 			}
 		}
 		e := c.f.entryAt(t, i)
@@ -372,7 +508,7 @@ func (c *checker) checkL2(t []byte, active bool) {
 				e.Desc &^= FlagCopied
 				c.res.Corruptions++
 			}
-			if c.f.Header.HasDataFile() {
+			if c.dataFile {
 				c.msg("ERROR compressed cluster %d with data file, entry=0x%x", i, e.Desc)
 				c.res.Corruptions++
 				continue
@@ -414,7 +550,7 @@ func (c *checker) checkL2(t []byte, active bool) {
 				}
 				nextContiguous = off + c.cs
 			}
-			if !c.f.Header.HasDataFile() {
+			if !c.dataFile {
 				c.inc(off, c.cs)
 			}
 			if active {
@@ -533,10 +669,25 @@ func (c *checker) compare() (uint64, error) {
 					}
 					c.rbOff = 0
 					if blockErr = c.read(c.rb, off); blockErr == nil {
-						block, c.rbOff = c.rb, off
+						block, c.rbOff, c.rbIdx = c.rb, off, ti
 					}
 				}
 			}
+		}
+		if block != nil && order == 4 && c.refs.n16 != nil {
+			// 16-bit refcounts on disk and in memory: the common case.
+			base := i & (per - 1)
+			for j, computed := range c.refs.n16[i:blockEnd] {
+				disk := binary.BigEndian.Uint16(block[(base+uint64(j))*2:])
+				if disk|computed != 0 {
+					highest = i + uint64(j)
+				}
+				if disk != computed {
+					c.mismatch(i+uint64(j), uint64(disk), uint64(computed))
+				}
+			}
+			i = blockEnd
+			continue
 		}
 		for ; i < blockEnd; i++ {
 			if blockErr != nil {
@@ -553,18 +704,23 @@ func (c *checker) compare() (uint64, error) {
 				highest = i
 			}
 			if disk != computed {
-				kind := "Leaked"
-				if disk < computed {
-					kind = "ERROR"
-					c.res.Corruptions++
-				} else {
-					c.res.Leaks++
-				}
-				c.msg("%s cluster %d refcount=%d reference=%d", kind, i, disk, computed)
+				c.mismatch(i, disk, computed)
 			}
 		}
 	}
 	return highest, nil
+}
+
+// mismatch records cluster i whose refcount on disk is not the computed one.
+func (c *checker) mismatch(i, disk, computed uint64) {
+	kind := "Leaked"
+	if disk < computed {
+		kind = "ERROR"
+		c.res.Corruptions++
+	} else {
+		c.res.Leaks++
+	}
+	c.msg("%s cluster %d refcount=%d reference=%d", kind, i, disk, computed)
 }
 
 // checkCopiedL1 and checkCopiedEntry are QEMU's check_oflag_copied, done in
@@ -579,13 +735,13 @@ func (c *checker) checkCopiedL1(index uint64, ent uint64) {
 	}
 	if (rc == 1) != (ent&FlagCopied != 0) {
 		c.res.Corruptions++
-		c.msg("ERROR OFLAG_COPIED L2 cluster: l1_index=%d l1_entry=%x refcount=%d", index, ent, rc)
+		c.copiedMsg("ERROR OFLAG_COPIED L2 cluster: l1_index=%d l1_entry=%x refcount=%d", index, ent, rc)
 	}
 }
 
 func (c *checker) checkCopiedEntry(e L2Entry) {
 	rc := uint64(1)
-	if !c.f.Header.HasDataFile() {
+	if !c.dataFile {
 		var err error
 		if rc, err = c.diskRefcount(e.HostOffset() / c.cs); err != nil {
 			return
@@ -593,6 +749,6 @@ func (c *checker) checkCopiedEntry(e L2Entry) {
 	}
 	if (rc == 1) != (e.Desc&FlagCopied != 0) {
 		c.res.Corruptions++
-		c.msg("ERROR OFLAG_COPIED data cluster: l2_entry=%x refcount=%d", e.Desc, rc)
+		c.copiedMsg("ERROR OFLAG_COPIED data cluster: l2_entry=%x refcount=%d", e.Desc, rc)
 	}
 }
