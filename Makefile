@@ -11,8 +11,12 @@ all: build
 
 # A static binary (no cgo: the net package would otherwise link libc and
 # start through the dynamic loader, several ms of every short command).
+# It is copied into place as an installer would: a file the linker wrote
+# through a mapping sits in the page cache in 4 KiB pages, and starting it
+# costs about 1 ms more on every run until it is evicted.
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -tags urfave_cli_no_docs -o $(BIN) ./cli/qchain
+	CGO_ENABLED=0 $(GO) build -trimpath -tags urfave_cli_no_docs -o $(BIN).link ./cli/qchain
+	cp $(BIN).link $(BIN).new && mv -f $(BIN).new $(BIN) && rm -f $(BIN).link
 
 # deps installs the qemu tools the tests and the demo run against.
 deps:

@@ -96,6 +96,7 @@ func run() int {
 	if r, err := runOnce(time.Minute, []string{"true"}); err == nil {
 		fmt.Printf("- peak-RSS floor (launcher running `true`): %s\n", fmtKiB(r.MaxRSSKiB))
 	}
+	printStartFloor(max(*n, 10))
 	fmt.Println("\n## Images")
 	images := map[string]*Image{}
 	for _, spec := range []ImageSpec{chainSpec, checkSpec, hugeSpec, diffSpec} {
