@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/qchain/qchain/chain/blockjob"
 	"github.com/qchain/qchain/qmp"
 	"github.com/urfave/cli/v2"
 )
@@ -24,13 +25,13 @@ type disksReport struct {
 	Disks []diskReport `json:"disks"`
 	// OtherJobs are jobs qchain cannot tie to a disk (create jobs, jobs of
 	// nodes that are no disk's chain).
-	OtherJobs []jobReport `json:"other-jobs,omitempty"`
+	OtherJobs []blockjob.JobStatus `json:"other-jobs,omitempty"`
 }
 
 type diskReport struct {
 	Name string `json:"name"`
 	qmp.Disk
-	Jobs []jobReport `json:"jobs"`
+	Jobs []blockjob.JobStatus `json:"jobs"`
 }
 
 func runDisks(c *cli.Context) error {
@@ -47,25 +48,24 @@ func runDisks(c *cli.Context) error {
 	}
 	ctx, stop := signalContext(c.Context)
 	defer stop()
-	conn, err := dialQMP(ctx, socket)
+	t, err := blockjob.Open(ctx, blockjob.TargetOptions{QMP: socket, Notes: c.App.ErrWriter})
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
-	t := &blockTarget{conn: conn, socket: socket, notes: c.App.ErrWriter}
-	disks, err := t.disks(ctx)
+	defer t.Close()
+	disks, err := t.Disks(ctx)
 	if err != nil {
 		return err
 	}
-	jobs, err := allJobs(ctx, conn, disks)
+	jobs, err := t.Jobs(ctx, disks)
 	if err != nil {
-		return fmt.Errorf("%s: %w", t.where(), err)
+		return fmt.Errorf("%s: %w", t, err)
 	}
 	rep := disksReport{Disks: []diskReport{}, OtherJobs: jobs[""]}
 	for _, d := range disks {
 		js := jobs[d.Name()]
 		if js == nil {
-			js = []jobReport{}
+			js = []blockjob.JobStatus{}
 		}
 		rep.Disks = append(rep.Disks, diskReport{Name: d.Name(), Disk: d, Jobs: js})
 	}
@@ -91,15 +91,15 @@ func writeDisksHuman(w io.Writer, rep disksReport) {
 		if d.Device != "" {
 			fmt.Fprintf(w, "  node %s", d.NodeName)
 		}
-		fmt.Fprintf(w, "\n  %s\n", chainLine(d.Chain))
+		fmt.Fprintf(w, "\n  %s\n", blockjob.ChainLine(d.Chain))
 		for depth, l := range d.Chain {
 			fmt.Fprintf(w, "    %d  %-6s %-12s %s\n", depth, l.Format, l.NodeName, l.Filename)
 		}
 		for _, j := range d.Jobs {
-			fmt.Fprintf(w, "  job %s\n", describeJob(j))
+			fmt.Fprintf(w, "  job %s\n", j)
 		}
 	}
 	for _, j := range rep.OtherJobs {
-		fmt.Fprintf(w, "job %s (no disk)\n", describeJob(j))
+		fmt.Fprintf(w, "job %s (no disk)\n", j)
 	}
 }

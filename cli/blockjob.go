@@ -1,11 +1,10 @@
 package cli
 
 import (
-	"errors"
 	"fmt"
 	"strings"
 
-	"github.com/qchain/qchain/qmp"
+	"github.com/qchain/qchain/chain/blockjob"
 	"github.com/urfave/cli/v2"
 )
 
@@ -33,6 +32,17 @@ func blockjobCommand() *cli.Command {
 	}
 }
 
+// blockjobActions are blockjob's mutually exclusive action flags.
+var blockjobActions = []struct {
+	flag   string
+	action blockjob.Action
+}{
+	{"abort", blockjob.Abort},
+	{"pivot", blockjob.Pivot},
+	{"pause", blockjob.Pause},
+	{"resume", blockjob.Resume},
+}
+
 func runBlockjob(c *cli.Context) error {
 	args, err := diskArgs(c, 1, "one DISK")
 	if err != nil {
@@ -52,137 +62,79 @@ func runBlockjob(c *cli.Context) error {
 		return err
 	}
 	var actions []string
-	for _, a := range []string{"abort", "pivot", "pause", "resume"} {
-		if c.Bool(a) {
-			actions = append(actions, "--"+a)
+	action := blockjob.NoAction
+	for _, a := range blockjobActions {
+		if c.Bool(a.flag) {
+			actions = append(actions, "--"+a.flag)
+			action = a.action
 		}
 	}
 	if len(actions) > 1 {
 		return fmt.Errorf("blockjob: %s exclude each other", strings.Join(actions, " and "))
-	}
-	action := ""
-	if len(actions) == 1 {
-		action = actions[0]
 	}
 	setBandwidth := c.IsSet("bandwidth")
 	speed, err := bandwidthOf(c)
 	if err != nil {
 		return err
 	}
-	if c.Bool("info") && (action != "" || setBandwidth || w.wait) {
+	if c.Bool("info") && (action != blockjob.NoAction || setBandwidth || w.wait) {
 		return fmt.Errorf("blockjob: --info only shows; drop it to act on the job")
 	}
 
 	ctx, stop := signalContext(c.Context)
 	defer stop()
-	conn, err := dialQMP(ctx, socket)
+	t, err := blockjob.Open(ctx, blockjob.TargetOptions{QMP: socket, Notes: c.App.ErrWriter})
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
-	t := &blockTarget{conn: conn, socket: socket, notes: c.App.ErrWriter}
-	disks, err := t.disks(ctx)
+	defer t.Close()
+	dj, err := t.DiskJobs(ctx, name)
 	if err != nil {
 		return err
 	}
-	d, err := t.disk(disks, name)
-	if err != nil {
-		return err
+	label := dj.Label
+	if action == blockjob.NoAction && !setBandwidth && !w.wait {
+		return printJobs(c, label, dj.Jobs, asJSON)
 	}
-	label := d.Name()
-	byDisk, err := allJobs(ctx, conn, disks)
-	if err != nil {
-		return fmt.Errorf("%s: %w", label, err)
-	}
-	jobs := byDisk[d.Name()]
-
-	if action == "" && !setBandwidth && !w.wait {
-		return printJobs(c, label, jobs, asJSON)
-	}
-	if len(jobs) == 0 {
-		return fmt.Errorf("%s: no block job to act on in %s", label, t.where())
-	}
-	if len(jobs) > 1 {
-		var ids []string
-		for _, j := range jobs {
-			ids = append(ids, j.ID)
-		}
-		return fmt.Errorf("%s: several block jobs (%s): qchain acts on one at a time", label, strings.Join(ids, ", "))
-	}
-	j := jobs[0]
-	what := fmt.Sprintf("%s job %s", j.Type, j.ID)
-
+	opts := blockjob.ControlOptions{Action: action, Wait: w.wait, WaitOptions: w.options(c)}
 	if setBandwidth {
-		if err := conn.BlockJobSetSpeed(ctx, j.ID, speed); err != nil {
-			return fmt.Errorf("%s: setting the bandwidth of %s: %w", label, what, qmpDesc(err))
-		}
+		opts.Bandwidth = &speed
 	}
-	switch action {
-	case "--pause":
-		if err := conn.JobPause(ctx, j.ID); err != nil {
-			return fmt.Errorf("%s: pausing %s: %w", label, what, qmpDesc(err))
-		}
-	case "--resume":
-		if err := conn.JobResume(ctx, j.ID); err != nil {
-			return fmt.Errorf("%s: resuming %s: %w", label, what, qmpDesc(err))
-		}
-	}
-	if action != "--abort" && action != "--pivot" && !w.wait {
-		again, err := allJobs(ctx, conn, disks)
-		if err != nil {
-			return fmt.Errorf("%s: %w", label, err)
-		}
-		return printJobs(c, label, again[d.Name()], asJSON)
-	}
-
-	job, err := qmp.AttachJob(ctx, conn, j.ID)
+	res, err := t.Control(ctx, dj, opts)
 	if err != nil {
-		return fmt.Errorf("%s: %s: %w", label, what, err)
+		return jobExit(err)
 	}
-	onReady := qmp.ReadyReturn
-	switch action {
-	case "--pivot":
-		onReady = qmp.ReadyPivot
-	case "--abort":
-		job.Abort()
-	}
-	res, err := waitJob(ctx, c, t, job, label, what, onReady, w)
-	if action == "--abort" {
-		if errors.Is(err, qmp.ErrJobAborted) {
-			fmt.Fprintf(c.App.Writer, "%s: %s aborted\n", label, what)
-			return nil
-		}
-		if err == nil {
-			fmt.Fprintf(c.App.Writer, "%s: %s had already finished, too late to abort: its change is in place\n", label, what)
-			return printChain(c, t, label, d)
-		}
-		return err
-	}
-	if err != nil {
-		return err
-	}
-	if res.Status == qmp.JobReady {
-		fmt.Fprintln(c.App.Writer, readyMessage(label, j.ID, readyHint(t, d)))
+	switch {
+	case res.Outcome == blockjob.Adjusted:
+		return printJobs(c, label, res.Jobs, asJSON)
+	case res.Outcome == blockjob.Aborted:
+		fmt.Fprintf(c.App.Writer, "%s: %s aborted\n", label, res.What)
 		return nil
+	case res.Outcome == blockjob.Ready:
+		fmt.Fprintln(c.App.Writer, readyMessage(label, res.JobID, t.ReadyHint(dj.Disk)))
+		return nil
+	case action == blockjob.Abort:
+		fmt.Fprintf(c.App.Writer, "%s: %s had already finished, too late to abort: its change is in place\n", label, res.What)
+	default:
+		fmt.Fprintf(c.App.Writer, "%s: %s complete\n", label, res.What)
 	}
-	fmt.Fprintf(c.App.Writer, "%s: %s complete\n", label, what)
-	return printChain(c, t, label, d)
+	return printChain(c, t, label, dj)
 }
 
 // printChain shows the disk's chain after a job.
-func printChain(c *cli.Context, t *blockTarget, label string, d qmp.Disk) error {
-	chain, _, err := chainAfter(c.Context, t, d, "")
+func printChain(c *cli.Context, t *blockjob.Target, label string, dj *blockjob.DiskJobs) error {
+	chain, err := t.Chain(c.Context, dj.Disk)
 	if err != nil {
 		return fmt.Errorf("%s: reading the chain again: %w", label, err)
 	}
-	fmt.Fprintf(c.App.Writer, "%s: %s\n", label, chainLine(chain))
+	fmt.Fprintf(c.App.Writer, "%s: %s\n", label, blockjob.ChainLine(chain))
 	return nil
 }
 
-func printJobs(c *cli.Context, label string, jobs []jobReport, asJSON bool) error {
+func printJobs(c *cli.Context, label string, jobs []blockjob.JobStatus, asJSON bool) error {
 	if asJSON {
 		if jobs == nil {
-			jobs = []jobReport{}
+			jobs = []blockjob.JobStatus{}
 		}
 		return writeJSON(c.App.Writer, jobs)
 	}
@@ -191,16 +143,7 @@ func printJobs(c *cli.Context, label string, jobs []jobReport, asJSON bool) erro
 		return nil
 	}
 	for _, j := range jobs {
-		fmt.Fprintf(c.App.Writer, "%s: job %s\n", label, describeJob(j))
+		fmt.Fprintf(c.App.Writer, "%s: job %s\n", label, j)
 	}
 	return nil
-}
-
-// qmpDesc keeps QEMU's own description of a refused command.
-func qmpDesc(err error) error {
-	var qe *qmp.Error
-	if errors.As(err, &qe) {
-		return errors.New(qe.Desc)
-	}
-	return err
 }

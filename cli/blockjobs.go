@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/qchain/qchain/chain/blockjob"
 	"github.com/qchain/qchain/qmp"
 	"github.com/urfave/cli/v2"
 )
@@ -19,21 +20,14 @@ import (
 // blockcopy start a job on a disk of a running QEMU (--qmp) or, when DISK
 // is an image path, on a private qemu-storage-daemon (offline); blockjob
 // follows, steers or finishes a job, also one a killed qchain left behind;
-// disks lists disks, chains and jobs. The files are block*.go.
+// disks lists disks, chains and jobs. The files are block*.go; the work is
+// package chain/blockjob's, these only parse flags and print.
 
 // Exit codes of the block job commands beyond 0 (done) and 1 (failed).
 const exitInterrupted = 130 // the job was aborted on SIGINT or SIGTERM
 
-// Limits of the block job commands.
-const (
-	// dialTimeout bounds connecting to a QMP socket and the handshake: a
-	// socket that is not a QMP monitor may never send a greeting.
-	dialTimeout = 10 * time.Second
-	// daemonStartTimeout bounds starting the offline qemu-storage-daemon.
-	daemonStartTimeout = 30 * time.Second
-	// maxBandwidthMiB keeps --bandwidth in MiB/s representable in bytes/s.
-	maxBandwidthMiB = math.MaxInt64 >> 20
-)
+// maxBandwidthMiB keeps --bandwidth in MiB/s representable in bytes/s.
+const maxBandwidthMiB = math.MaxInt64 >> 20
 
 // blockCommands are the virsh-like block job commands (disks, blockpull,
 // blockcommit, blockcopy, blockjob).
@@ -88,6 +82,32 @@ func timeoutOf(c *cli.Context) (time.Duration, error) {
 	return d, nil
 }
 
+// jobWait holds the waiting flags shared by the job commands and
+// blockjob.
+type jobWait struct {
+	wait    bool
+	verbose bool
+	timeout time.Duration
+}
+
+func jobWaitOf(c *cli.Context) (jobWait, error) {
+	to, err := timeoutOf(c)
+	if err != nil {
+		return jobWait{}, err
+	}
+	return jobWait{wait: c.Bool("wait") || to > 0, verbose: c.Bool("verbose"), timeout: to}, nil
+}
+
+// options turns the flags into blockjob's: the timeout, and with
+// --verbose a progress bar on stderr.
+func (w jobWait) options(c *cli.Context) blockjob.WaitOptions {
+	o := blockjob.WaitOptions{Timeout: w.timeout}
+	if w.verbose {
+		o.NewProgress = func(what string) blockjob.Progress { return newProgressBar(c.App.ErrWriter, what) }
+	}
+	return o
+}
+
 // diskArgs returns the positional arguments: DISK, and DEST for blockcopy.
 func diskArgs(c *cli.Context, want int, usage string) ([]string, error) {
 	if c.NArg() != want {
@@ -105,28 +125,27 @@ func signalContext(parent context.Context) (context.Context, context.CancelFunc)
 	return signal.NotifyContext(parent, os.Interrupt, syscall.SIGTERM)
 }
 
-// dialQMP connects to a QEMU monitor and turns the usual mistakes (no such
-// socket, nobody listening, not a QMP socket) into one clear line.
-func dialQMP(ctx context.Context, socket string) (*qmp.Conn, error) {
-	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
-	defer cancel()
-	conn, err := qmp.Dial(dctx, socket, qmp.Options{})
-	if err == nil {
-		return conn, nil
+// openTarget connects to --qmp, or starts a storage daemon on the image
+// named by disk when there is no --qmp; notes go to stderr.
+func openTarget(ctx context.Context, c *cli.Context, disk string) (*blockjob.Target, error) {
+	return blockjob.Open(ctx, blockjob.TargetOptions{
+		QMP:           c.String("qmp"),
+		Image:         disk,
+		StorageDaemon: c.String("storage-daemon"),
+		Notes:         c.App.ErrWriter,
+	})
+}
+
+// jobExit gives a job that was aborted on SIGINT or SIGTERM its exit
+// code.
+func jobExit(err error) error {
+	if errors.Is(err, blockjob.ErrInterrupted) {
+		return exitCode(exitInterrupted, err)
 	}
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-		return nil, fmt.Errorf("--qmp %s: no such socket", socket)
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return nil, fmt.Errorf("--qmp %s: connection refused (is QEMU running, and is this its QMP socket?)", socket)
-	case errors.Is(err, syscall.EACCES):
-		return nil, fmt.Errorf("--qmp %s: permission denied", socket)
-	case errors.Is(err, qmp.ErrProtocol):
-		return nil, fmt.Errorf("--qmp %s: not a QMP monitor socket: %w", socket, err)
-	case ctx.Err() != nil:
-		return nil, fmt.Errorf("--qmp %s: interrupted: %w", socket, ctx.Err())
-	case dctx.Err() != nil:
-		return nil, fmt.Errorf("--qmp %s: no QMP greeting within %v (not a QMP monitor socket, or QEMU is hung)", socket, dialTimeout)
-	}
-	return nil, fmt.Errorf("--qmp %s: %w", socket, err)
+	return err
+}
+
+// readyMessage is what a job left ready says.
+func readyMessage(label, id, hint string) string {
+	return fmt.Sprintf("%s: job %s is ready (in sync); %s", label, id, hint)
 }

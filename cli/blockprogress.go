@@ -20,7 +20,7 @@ const (
 )
 
 // progressBar draws one "\r" line on stderr: a bar, the bytes done, the
-// rate and the time left.
+// rate and the time left. It is the blockjob.Progress of --verbose.
 type progressBar struct {
 	w       io.Writer
 	label   string
@@ -41,8 +41,8 @@ func newProgressBar(w io.Writer, label string) *progressBar {
 	return &progressBar{w: w, label: label, now: time.Now}
 }
 
-// update takes query-jobs' progress (bytes for block jobs).
-func (p *progressBar) update(cur, total int64) {
+// Update takes query-jobs' progress (bytes for block jobs).
+func (p *progressBar) Update(cur, total int64) {
 	now := p.now()
 	p.cur, p.total = cur, total
 	p.samples = append(p.samples, progressSample{now, cur})
@@ -56,8 +56,8 @@ func (p *progressBar) update(cur, total int64) {
 	p.draw(p.line(now))
 }
 
-// finish draws the last state and ends the line.
-func (p *progressBar) finish(ok bool) {
+// Finish draws the last state and ends the line.
+func (p *progressBar) Finish(ok bool) {
 	if p.total == 0 && len(p.samples) == 0 {
 		return
 	}

@@ -1,9 +1,9 @@
-package cli
+package blockjob
 
 import (
+	"errors"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/qchain/qchain/qmp"
 )
@@ -24,13 +24,15 @@ func TestChainLine(t *testing.T) {
 			for _, f := range tt.files {
 				chain = append(chain, qmp.ChainLayer{Filename: f})
 			}
-			if got := chainLine(chain); got != tt.want {
-				t.Errorf("chainLine = %q, want %q", got, tt.want)
+			if got := ChainLine(chain); got != tt.want {
+				t.Errorf("ChainLine = %q, want %q", got, tt.want)
 			}
 		})
 	}
 }
 
+// TestPlainFilename covers the names Disks reports: QEMU's json:
+// descriptions of plain files become their paths.
 func TestPlainFilename(t *testing.T) {
 	tests := []struct{ name, in, want string }{
 		{"path", "/i/a.qcow2", "/i/a.qcow2"},
@@ -40,8 +42,8 @@ func TestPlainFilename(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := plainFilename(tt.in); got != tt.want {
-				t.Errorf("plainFilename = %q, want %q", got, tt.want)
+			if got := qmp.PlainFilename(tt.in); got != tt.want {
+				t.Errorf("PlainFilename = %q, want %q", got, tt.want)
 			}
 		})
 	}
@@ -74,32 +76,34 @@ func TestMatchDisk(t *testing.T) {
 	}
 }
 
-func TestProgressBar(t *testing.T) {
-	var out strings.Builder
-	now := time.Unix(1000, 0)
-	p := newProgressBar(&out, "pull")
-	p.now = func() time.Time { return now }
-	p.update(0, 8<<20)
-	now = now.Add(2 * time.Second)
-	p.update(2<<20, 8<<20)
-	p.finish(false)
-	lines := strings.Split(out.String(), "\r")
-	last := lines[len(lines)-1]
-	for _, want := range []string{"pull [=======>", " 25% 2.0 MiB / 8.0 MiB", "1.0 MiB/s", "ETA 6s"} {
-		if !strings.Contains(last, want) {
-			t.Errorf("progress line %q lacks %q", last, want)
-		}
-	}
-	if !strings.HasSuffix(last, "\n") {
-		t.Errorf("finish did not end the line: %q", last)
+func TestCloseCause(t *testing.T) {
+	cause := strings.NewReader("").UnreadByte() // any plain error
+	err := &EndError{msg: "x", cause: &wrapErr{[]error{qmp.ErrClosed, cause}}}
+	if got := closeCause(err); got != cause {
+		t.Errorf("closeCause = %v, want %v", got, cause)
 	}
 }
 
-func TestCloseCause(t *testing.T) {
-	cause := strings.NewReader("").UnreadByte() // any plain error
-	err := &jobEndError{"x", &wrapErr{[]error{qmp.ErrClosed, cause}}}
-	if got := closeCause(err); got != cause {
-		t.Errorf("closeCause = %v, want %v", got, cause)
+// TestEndErrorIs: only an interrupted wait matches ErrInterrupted, and
+// the cause stays reachable either way.
+func TestEndErrorIs(t *testing.T) {
+	tests := []struct {
+		name        string
+		interrupted bool
+	}{
+		{"interrupted", true},
+		{"timeout", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := error(&EndError{msg: "x", cause: qmp.ErrJobAborted, interrupted: tt.interrupted})
+			if got := errors.Is(err, ErrInterrupted); got != tt.interrupted {
+				t.Errorf("errors.Is(err, ErrInterrupted) = %v, want %v", got, tt.interrupted)
+			}
+			if !errors.Is(err, qmp.ErrJobAborted) {
+				t.Errorf("the cause qmp.ErrJobAborted is lost")
+			}
+		})
 	}
 }
 

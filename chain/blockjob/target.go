@@ -1,0 +1,228 @@
+package blockjob
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/qchain/qchain/qcow2"
+	"github.com/qchain/qchain/qmp"
+)
+
+// Limits of opening a target.
+const (
+	// dialTimeout bounds connecting to a QMP socket and the handshake: a
+	// socket that is not a QMP monitor may never send a greeting.
+	dialTimeout = 10 * time.Second
+	// daemonStartTimeout bounds starting the offline qemu-storage-daemon.
+	daemonStartTimeout = 30 * time.Second
+)
+
+// TargetOptions say where Open finds the disk. The zero value is not
+// usable: set QMP, or Image.
+type TargetOptions struct {
+	// QMP is the QMP monitor socket of a running QEMU. When it is set the
+	// target is live and Image is ignored.
+	QMP string
+	// Image is the path of the top image of a chain that no process has
+	// open. Without QMP, Open starts a private qemu-storage-daemon on it
+	// and the target is offline.
+	Image string
+	// StorageDaemon is the qemu-storage-daemon program for offline jobs: a
+	// path, or a name looked up in PATH. Empty means
+	// qmp.StorageDaemonBinary.
+	StorageDaemon string
+	// Notes, if set, receives one-line notes about what qchain did on its
+	// own, such as dismissing a finished job that a killed qchain left
+	// behind. Nil discards them.
+	Notes io.Writer
+}
+
+// Target is where block jobs run: the QMP monitor of a running QEMU
+// (live), or a private qemu-storage-daemon that holds one image's chain as
+// explicit -blockdev nodes l0 (top), l1, ... (offline). A Target is not
+// safe for concurrent use; Close releases it.
+type Target struct {
+	conn   *qmp.Conn
+	socket string             // live: the QMP socket
+	daemon *qmp.StorageDaemon // offline only
+	image  string             // offline: the absolute path of the top image
+	notes  io.Writer
+	closed bool
+}
+
+// Open connects to opts.QMP, or without it starts a qemu-storage-daemon
+// on opts.Image. The usual mistakes (no such socket, nobody listening, not
+// a QMP socket, no such image, the image in use, no daemon binary) come
+// back as one line that says what to do.
+func Open(ctx context.Context, opts TargetOptions) (*Target, error) {
+	notes := opts.Notes
+	if notes == nil {
+		notes = io.Discard
+	}
+	if opts.QMP != "" {
+		conn, err := dial(ctx, opts.QMP)
+		if err != nil {
+			return nil, err
+		}
+		return &Target{conn: conn, socket: opts.QMP, notes: notes}, nil
+	}
+	binary := opts.StorageDaemon
+	if binary == "" {
+		binary = qmp.StorageDaemonBinary
+	}
+	t, err := startOffline(ctx, opts.Image, binary)
+	if err != nil {
+		return nil, err
+	}
+	t.notes = notes
+	return t, nil
+}
+
+// Close disconnects, or quits the storage daemon (a job still running in
+// it is cancelled by its exit; the daemon's files are flushed and closed
+// once Close returns). Closing a closed Target does nothing: Run closes an
+// offline target itself once its job has completed.
+func (t *Target) Close() error {
+	if t.closed {
+		return nil
+	}
+	t.closed = true
+	if t.daemon != nil {
+		return t.daemon.Close(context.Background())
+	}
+	return t.conn.Close()
+}
+
+// Offline reports whether the target is a private qemu-storage-daemon
+// rather than a running QEMU.
+func (t *Target) Offline() bool { return t.daemon != nil }
+
+// String names the target in messages: "QEMU at SOCKET", or
+// "qemu-storage-daemon on IMAGE".
+func (t *Target) String() string {
+	if t.Offline() {
+		return "qemu-storage-daemon on " + t.image
+	}
+	return "QEMU at " + t.socket
+}
+
+// Label names disk d in messages: its name live, the image offline (where
+// the node name l0 would mean nothing to the user).
+func (t *Target) Label(d qmp.Disk) string {
+	if t.Offline() {
+		return t.image
+	}
+	return d.Name()
+}
+
+// ReadyHint tells how to finish a job on d that was left ready (in sync),
+// in qchain's command line terms.
+func (t *Target) ReadyHint(d qmp.Disk) string {
+	return fmt.Sprintf("finish it with qchain blockjob --qmp %s --pivot %s (or --abort)", t.socket, d.Name())
+}
+
+// dial connects to a QEMU monitor and turns the usual mistakes (no such
+// socket, nobody listening, not a QMP socket) into one clear line.
+func dial(ctx context.Context, socket string) (*qmp.Conn, error) {
+	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	defer cancel()
+	conn, err := qmp.Dial(dctx, socket, qmp.Options{})
+	if err == nil {
+		return conn, nil
+	}
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return nil, fmt.Errorf("--qmp %s: no such socket", socket)
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return nil, fmt.Errorf("--qmp %s: connection refused (is QEMU running, and is this its QMP socket?)", socket)
+	case errors.Is(err, syscall.EACCES):
+		return nil, fmt.Errorf("--qmp %s: permission denied", socket)
+	case errors.Is(err, qmp.ErrProtocol):
+		return nil, fmt.Errorf("--qmp %s: not a QMP monitor socket: %w", socket, err)
+	case ctx.Err() != nil:
+		return nil, fmt.Errorf("--qmp %s: interrupted: %w", socket, ctx.Err())
+	case dctx.Err() != nil:
+		return nil, fmt.Errorf("--qmp %s: no QMP greeting within %v (not a QMP monitor socket, or QEMU is hung)", socket, dialTimeout)
+	}
+	return nil, fmt.Errorf("--qmp %s: %w", socket, err)
+}
+
+// offlineBlockdevs describes image's chain for a storage daemon: one
+// format node per layer with its "file" child, absolute filenames, node
+// l0 the top, each qcow2 layer's backing the next node and the base's
+// backing explicitly none (so QEMU opens exactly the files qchain read),
+// the backing layers read-only.
+func offlineBlockdevs(image string) ([]any, error) {
+	ch, err := qcow2.OpenChain(image, qcow2.ChainOptions{})
+	if err != nil {
+		return nil, err
+	}
+	defer ch.Close()
+	n := len(ch.Layers)
+	devs := make([]any, 0, n)
+	for d := n - 1; d >= 0; d-- { // base first: backing nodes must exist
+		l := ch.Layers[d]
+		abs, err := filepath.Abs(l.Filename())
+		if err != nil {
+			return nil, err
+		}
+		bd := map[string]any{
+			"driver":    l.Format(),
+			"node-name": fmt.Sprintf("l%d", d),
+			"file":      map[string]any{"driver": "file", "filename": abs},
+		}
+		if d > 0 {
+			// Backing layers read-only, as QEMU opens them for -drive:
+			// jobs reopen what they write (a commit's base), and a copy
+			// can open the same files again as its target's backing.
+			bd["read-only"] = true
+		}
+		if l.Format() == "qcow2" {
+			if d == n-1 {
+				bd["backing"] = nil
+			} else {
+				bd["backing"] = fmt.Sprintf("l%d", d+1)
+			}
+		}
+		devs = append(devs, bd)
+	}
+	return devs, nil
+}
+
+// startOffline opens image's chain in a private qemu-storage-daemon.
+func startOffline(ctx context.Context, image, binary string) (*Target, error) {
+	abs, err := filepath.Abs(image)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(abs); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%s: no such image (give --qmp SOCKET for a disk of a running VM)", image)
+		}
+		return nil, err
+	}
+	devs, err := offlineBlockdevs(abs)
+	if err != nil {
+		return nil, err
+	}
+	sctx, cancel := context.WithTimeout(ctx, daemonStartTimeout)
+	defer cancel()
+	d, err := qmp.StartStorageDaemon(sctx, qmp.StorageDaemonOptions{Binary: binary, Blockdevs: devs})
+	if err != nil {
+		if errors.Is(err, qmp.ErrNoBinary) {
+			return nil, fmt.Errorf("%s: offline jobs need qemu-storage-daemon, and %q was not found (install Debian's qemu-system-common, give --storage-daemon BINARY, or --qmp SOCKET for a running VM)", image, binary)
+		}
+		if strings.Contains(err.Error(), "lock") {
+			return nil, fmt.Errorf("%s: in use by another process (a running VM? give its --qmp SOCKET): %w", image, err)
+		}
+		return nil, fmt.Errorf("%s: %w", image, err)
+	}
+	return &Target{conn: d.Conn, daemon: d, image: abs}, nil
+}
