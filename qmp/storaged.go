@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -30,6 +31,28 @@ const exitGrace = time.Second
 // stderrLimit bounds how much of the daemon's stderr is kept for error
 // messages.
 const stderrLimit = 64 << 10
+
+// DaemonMallocTunables keeps the C library's allocator of a daemon qchain
+// starts from handing QEMU's job buffers (512 KiB for a stream, more for a
+// mirror) back to the kernel after every chunk: glibc serves such sizes
+// with mmap and munmap by default, so each chunk copied touches fresh pages,
+// and on hosts where a page fault is expensive (virtual machines with
+// shadow page tables) an offline pull or commit took several times as long
+// as qemu-img doing the same copy (7.5 s against 0.8 s for 1 GiB here).
+// With these settings the buffers stay in the heap and are reused.
+const DaemonMallocTunables = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=268435456"
+
+// DaemonEnv returns env for a daemon qchain starts: env with
+// GLIBC_TUNABLES set to DaemonMallocTunables, unless env sets it already
+// (the user's own tuning wins).
+func DaemonEnv(env []string) []string {
+	for _, kv := range env {
+		if strings.HasPrefix(kv, "GLIBC_TUNABLES=") {
+			return env
+		}
+	}
+	return append(env[:len(env):len(env)], "GLIBC_TUNABLES="+DaemonMallocTunables)
+}
 
 // StorageDaemonOptions configure StartStorageDaemon. The zero value starts
 // an empty daemon from PATH with its socket in a fresh temporary folder.
@@ -138,6 +161,7 @@ func StartStorageDaemon(ctx context.Context, opts StorageDaemonOptions) (_ *Stor
 	if opts.DieWithParent {
 		d.cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 	}
+	d.cmd.Env = DaemonEnv(os.Environ())
 	var stderr io.Writer = d.stderr
 	if opts.Stderr != nil {
 		stderr = io.MultiWriter(d.stderr, opts.Stderr)

@@ -3,6 +3,7 @@ package qmp
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -37,6 +38,14 @@ func TestStorageDaemonLifecycle(t *testing.T) {
 	if d.Conn.Greeting().Version.QEMU.Major == 0 {
 		t.Errorf("greeting %+v", d.Conn.Greeting())
 	}
+	if _, own := os.LookupEnv("GLIBC_TUNABLES"); !own {
+		env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", d.Pid()))
+		// glibc cuts the variable at the first ':' in place once parsed.
+		first, _, _ := strings.Cut(DaemonMallocTunables, ":")
+		if err != nil || !strings.Contains(string(env), "\x00GLIBC_TUNABLES="+first) {
+			t.Errorf("daemon environment lacks the allocator settings (%v): %q", err, env)
+		}
+	}
 	sock := d.SocketPath
 	if err := d.Close(testCtx(t, 10*time.Second)); err != nil {
 		t.Fatal(err)
@@ -51,5 +60,24 @@ func TestStorageDaemonLifecycle(t *testing.T) {
 	}
 	if err := d.Close(context.Background()); err != nil {
 		t.Errorf("second Close: %v", err)
+	}
+}
+
+// TestDaemonEnv: the allocator settings are added unless the caller's
+// environment has its own GLIBC_TUNABLES, and the caller's slice is not
+// written to.
+func TestDaemonEnv(t *testing.T) {
+	base := make([]string, 1, 4)
+	base[0] = "PATH=/bin"
+	got := DaemonEnv(base)
+	if len(got) != 2 || got[1] != "GLIBC_TUNABLES="+DaemonMallocTunables {
+		t.Fatalf("DaemonEnv = %q", got)
+	}
+	if len(base[:cap(base)][1]) != 0 {
+		t.Fatal("DaemonEnv wrote into the caller's backing array")
+	}
+	own := []string{"GLIBC_TUNABLES=glibc.malloc.arena_max=1", "PATH=/bin"}
+	if got := DaemonEnv(own); len(got) != 2 || got[0] != own[0] {
+		t.Fatalf("DaemonEnv overrode the user's GLIBC_TUNABLES: %q", got)
 	}
 }
