@@ -185,13 +185,26 @@ type JobResult struct {
 	Failed        bool
 }
 
-// Overhead is (qchain - direct)/direct of the medians.
+// Overhead is (qchain - direct)/direct of the fastest runs, which the goal
+// is judged on. Here a job's time is bimodal (every other run on a fresh
+// copy takes up to twice as long, whichever side runs it: fresh guest
+// memory), so a median lands on one mode or the other by the parity of the
+// run count; noise only ever adds time, and the fastest run of each side is
+// the one the machine disturbed least.
 func (r *JobResult) Overhead() float64 {
-	o := r.Other.Median()
+	return overhead(slices.Min(r.Qchain.Walls), slices.Min(r.Other.Walls))
+}
+
+// MedianOverhead is the same on the medians, printed for reference.
+func (r *JobResult) MedianOverhead() float64 {
+	return overhead(r.Qchain.Median(), r.Other.Median())
+}
+
+func overhead(q, o time.Duration) float64 {
 	if o == 0 {
 		return 0
 	}
-	return float64(r.Qchain.Median()-o) / float64(o)
+	return float64(q-o) / float64(o)
 }
 
 // jobChains returns the active-commit chain (base <- top) and the
@@ -272,8 +285,9 @@ func runJobBench(root, qchain string, runs int, quick bool, timeout time.Duratio
 // goalJobRuns is the least number of timed runs of each side for the case
 // with the overhead goal: a job's time varies by a factor of two from run
 // to run on this kind of VM (fresh guest memory costs the host a fault),
-// and the goal is about a few percent.
-const goalJobRuns = 11
+// and the goal is about a few percent. Even, so that with the sides taking
+// turns each runs as often in either position of a pair.
+const goalJobRuns = 12
 
 // measureJob runs each side once untimed (the runs that touch fresh memory
 // first), checking its result against the pristine chain, then times runs
@@ -551,7 +565,8 @@ func printJobTable(results []*JobResult, runs int) {
 		if r.Case.Direct {
 			tool = "direct QMP client"
 			ov := r.Overhead()
-			figure = fmt.Sprintf("overhead %+.1f%%", 100*ov)
+			figure = fmt.Sprintf("overhead %+.1f%% on the fastest runs (%v vs %v; medians %+.1f%%)", 100*ov,
+				slices.Min(r.Qchain.Walls).Round(time.Millisecond), slices.Min(r.Other.Walls).Round(time.Millisecond), 100*r.MedianOverhead())
 			goal = fmt.Sprintf("< %.0f%%", 100*overheadGoal)
 			verdict = passMiss(ov < overheadGoal)
 		} else {
