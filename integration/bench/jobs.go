@@ -386,7 +386,7 @@ func directActiveCommit(c *JobChain, work string, timeout time.Duration) (time.D
 		"--chardev", "socket,path=" + sock + ",server=on,wait=off,id=mon",
 		"--monitor", "chardev=mon",
 	}
-	// The graph qchain gives the daemon offline (cli/blocktarget.go): base
+	// The graph qchain gives the daemon offline (chain/blockjob): base
 	// first, node l0 the top, backing layers read-only, the base's
 	// backing none.
 	n := len(c.Layers)
