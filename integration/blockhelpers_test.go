@@ -132,7 +132,8 @@ func checkClean(t *testing.T, dir, file string) {
 type blockVM struct {
 	sock   string    // the monitor qchain uses
 	mon    *qmp.Conn // the test's own monitor (guest writes, query-jobs)
-	disk   string    // vda for -drive, top for -blockdev
+	disk   string    // vda for -drive, top for -blockdev, vd0 for a device
+	ioDev  string    // what HMP qemu-io writes to: a drive or, with -d, a device
 	cmd    *exec.Cmd
 	exited chan struct{}
 	once   sync.Once
@@ -144,6 +145,10 @@ type vmKind int
 const (
 	vmDrive    vmKind = iota // -drive if=none,id=vda
 	vmBlockdev               // one -blockdev per layer: base, snap1, top
+	// vmDevice is vmBlockdev with a virtio-blk device (id vd0) on the top
+	// node, on a q35 machine that never runs (-S): a device is what HMP
+	// qemu-io can write through when there is no -drive.
+	vmDevice
 )
 
 // startVM runs QEMU on c's chain. wrap, if set, is a shell command line
@@ -160,19 +165,27 @@ func startVM(t *testing.T, c *blockChain, kind vmKind, wrap string) *blockVM {
 	t.Cleanup(func() { os.RemoveAll(sockDir) })
 	vm := &blockVM{sock: filepath.Join(sockDir, "m1"), exited: make(chan struct{}), stderr: &lockedBuffer{}}
 	s2 := filepath.Join(sockDir, "m2")
-	args := []string{"-machine", "none", "-nodefaults", "-display", "none",
+	machine := "none"
+	if kind == vmDevice {
+		machine = "q35,accel=tcg"
+	}
+	args := []string{"-machine", machine, "-nodefaults", "-display", "none",
 		"-qmp", "unix:" + vm.sock + ",server=on,wait=off",
 		"-qmp", "unix:" + s2 + ",server=on,wait=off"}
 	switch kind {
 	case vmDrive:
 		args = append(args, "-drive", "if=none,id=vda,format=qcow2,file="+c.active)
-		vm.disk = "vda"
-	case vmBlockdev:
+		vm.disk, vm.ioDev = "vda", "vda"
+	case vmBlockdev, vmDevice:
 		args = append(args,
 			"-blockdev", "driver=qcow2,node-name=base,read-only=on,file.driver=file,file.filename="+c.base,
 			"-blockdev", "driver=qcow2,node-name=snap1,read-only=on,backing=base,file.driver=file,file.filename="+c.snap1,
 			"-blockdev", "driver=qcow2,node-name=top,backing=snap1,file.driver=file,file.filename="+c.active)
 		vm.disk = "top"
+		if kind == vmDevice {
+			args = append(args, "-S", "-device", "virtio-blk-pci,drive=top,id=vd0")
+			vm.disk, vm.ioDev = "vd0", "-d vd0/virtio-backend"
+		}
 	}
 	name := "qemu-system-x86_64"
 	if wrap != "" {
@@ -255,7 +268,10 @@ func (vm *blockVM) guestWrite(t *testing.T, c *blockChain, off, n int64, b byte)
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), blockTimeout)
 	defer cancel()
-	line := fmt.Sprintf(`qemu-io %s "write -P 0x%02x %d %d"`, vm.disk, b, off, n)
+	if vm.ioDev == "" {
+		t.Fatalf("guest writes need a -drive or a device")
+	}
+	line := fmt.Sprintf(`qemu-io %s "write -P 0x%02x %d %d"`, vm.ioDev, b, off, n)
 	out, err := vm.mon.HumanMonitorCommand(ctx, line)
 	if err != nil || strings.Contains(out, "rror") || strings.Contains(out, "failed") {
 		t.Fatalf("%s: %v %s", line, err, out)

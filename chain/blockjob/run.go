@@ -215,7 +215,14 @@ func (t *Target) chainAfter(ctx context.Context, d qmp.Disk, newTop string) ([]q
 			files = append(files, l.Filename)
 		}
 	}
-	if nd := matchDisk(disks, d.Name()); nd != nil {
+	// A disk behind a guest device is found by the device: a pivot moves
+	// the device to the new top, while a -blockdev node the user made
+	// stays in the graph under its old name with its old chain.
+	key := d.Name()
+	if d.QDev != "" {
+		key = d.QDev
+	}
+	if nd := matchDisk(disks, key); nd != nil {
 		chain = nd.Chain
 	} else if nd := matchDisk(disks, newTop); nd != nil {
 		chain = nd.Chain
