@@ -47,10 +47,17 @@ func (l *Live) diskFor(ctx context.Context, file string) (*qmp.Disk, int, error)
 	if err != nil {
 		return nil, 0, err
 	}
-	for i := range disks {
-		for j, layer := range disks[i].Chain {
-			if lst, err := os.Stat(qmp.PlainFilename(layer.Filename)); err == nil && os.SameFile(st, lst) {
-				return &disks[i], j, nil
+	// Guest disks first: after a pivot, a -blockdev node the user made
+	// stays a root of its own with the old chain, holding the same files.
+	for _, guest := range []bool{true, false} {
+		for i := range disks {
+			if attached(&disks[i]) != guest {
+				continue
+			}
+			for j, layer := range disks[i].Chain {
+				if lst, err := os.Stat(qmp.PlainFilename(layer.Filename)); err == nil && os.SameFile(st, lst) {
+					return &disks[i], j, nil
+				}
 			}
 		}
 	}
