@@ -197,10 +197,15 @@ func (l *Live) snapshot(ctx context.Context, s Step) error {
 	return nil
 }
 
+// findDisk finds a VM disk's target among qemu's disks: a -drive id, a
+// device's id or QOM path (what a -blockdev VM's disk is known by: its
+// top node changes with every snapshot), or a node name.
 func findDisk(disks []qmp.Disk, target string) *qmp.Disk {
 	for i := range disks {
-		if disks[i].Name() == target || disks[i].Device == target || disks[i].QDev == target || disks[i].NodeName == target {
-			return &disks[i]
+		d := &disks[i]
+		if d.Name() == target || d.Device == target || d.QDev == target || d.NodeName == target ||
+			(d.QDev != "" && qmp.QDevID(d.QDev) == target) {
+			return d
 		}
 	}
 	return nil

@@ -31,18 +31,37 @@ type liveVM struct {
 	qchain  string // the socket the VM is defined with
 	testSoc string
 	conn    *qmp.Conn // the test's monitor
+	device  bool      // disks are -blockdev nodes behind virtio-blk devices
 }
 
 func startLiveVM(t *testing.T, disks map[string]string) *liveVM {
+	t.Helper()
+	return startLiveVMKind(t, disks, false)
+}
+
+// startLiveVMKind starts the VM with its disks as -drive vda and vdb, or
+// with device set as -blockdev nodes behind virtio-blk devices with ids
+// vda and vdb, on a q35 machine that never runs (-S): the way libvirt
+// starts a VM today.
+func startLiveVMKind(t *testing.T, disks map[string]string, device bool) *liveVM {
 	t.Helper()
 	sockDir, err := os.MkdirTemp("", "qcl-") // short: unix socket paths are limited
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(sockDir) })
-	v := &liveVM{t: t, qchain: filepath.Join(sockDir, "s1"), testSoc: filepath.Join(sockDir, "s2"), exited: make(chan struct{}), stderr: &strings.Builder{}}
+	v := &liveVM{t: t, qchain: filepath.Join(sockDir, "s1"), testSoc: filepath.Join(sockDir, "s2"), exited: make(chan struct{}), stderr: &strings.Builder{}, device: device}
 	args := []string{"-machine", "none", "-nodefaults", "-display", "none"}
+	if device {
+		args = []string{"-machine", "q35,accel=tcg", "-S", "-nodefaults", "-display", "none"}
+	}
 	for _, tg := range []string{"vda", "vdb"} {
+		if device {
+			args = append(args,
+				"-blockdev", fmt.Sprintf(`{"driver":"qcow2","node-name":"%s-orig","file":{"driver":"file","filename":%q}}`, tg, disks[tg]),
+				"-device", fmt.Sprintf("virtio-blk-pci,drive=%s-orig,id=%s", tg, tg))
+			continue
+		}
 		args = append(args, "-drive", fmt.Sprintf("if=none,id=%s,file=%s,format=qcow2,node-name=%s-orig", tg, disks[tg], tg))
 	}
 	args = append(args, "-qmp", "unix:"+v.qchain+",server=on,wait=off", "-qmp", "unix:"+v.testSoc+",server=on,wait=off")
@@ -95,9 +114,18 @@ func (v *liveVM) hmp(line string) (string, error) {
 	return v.conn.HumanMonitorCommand(ctx, line)
 }
 
+// io is what HMP qemu-io names the target's disk by: the drive, or the
+// device (-d) when there is no drive.
+func (v *liveVM) io(target string) string {
+	if v.device {
+		return "-d " + target + "/virtio-backend"
+	}
+	return target
+}
+
 // write runs a qemu-io write in the guest's disk through HMP.
 func (v *liveVM) write(target string, g guestOp) error {
-	out, err := v.hmp(fmt.Sprintf("qemu-io %s \"%s\"", target, strings.Replace(g.cmd(), " -q", "", 1)))
+	out, err := v.hmp(fmt.Sprintf("qemu-io %s \"%s\"", v.io(target), strings.Replace(g.cmd(), " -q", "", 1)))
 	if err != nil {
 		return err
 	}
@@ -113,7 +141,7 @@ func (v *liveVM) write(target string, g guestOp) error {
 func (v *liveVM) flush() {
 	v.t.Helper()
 	for _, tg := range []string{"vda", "vdb"} {
-		if out, err := v.hmp(fmt.Sprintf("qemu-io %s flush", tg)); err != nil || strings.TrimSpace(out) != "" {
+		if out, err := v.hmp(fmt.Sprintf("qemu-io %s flush", v.io(tg))); err != nil || strings.TrimSpace(out) != "" {
 			v.t.Fatalf("flush %s: %v %s", tg, err, out)
 		}
 	}
@@ -179,7 +207,13 @@ func (w *writer) finish() ([]liveWrite, error) {
 // one consistent point of the write sequence on both disks, and the
 // current state must read as the known writes; every file passes qemu-img
 // check -U.
-func TestLiveSnapshots(t *testing.T) {
+func TestLiveSnapshots(t *testing.T) { liveSnapshots(t, false) }
+
+// TestLiveSnapshotsDevice is TestLiveSnapshots on a VM whose disks are
+// -blockdev nodes behind devices, known to qchain by the devices' ids.
+func TestLiveSnapshotsDevice(t *testing.T) { liveSnapshots(t, true) }
+
+func liveSnapshots(t *testing.T, device bool) {
 	need(t, "qemu-img", "qemu-io", "qemu-storage-daemon", "qemu-system-x86_64")
 	r := newRig(t, 7)
 	vda := filepath.Join(r.img, "live-vda.qcow2")
@@ -187,7 +221,7 @@ func TestLiveSnapshots(t *testing.T) {
 	mustTool(t, "qemu-io", "-f", "qcow2", "-c", "write -q -P 0x5a 0 4M", vda)
 	vdb := filepath.Join(r.img, "live-vdb.qcow2")
 	mustTool(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=65536", "-b", "gold.qcow2", "-F", "qcow2", vdb)
-	q := startLiveVM(t, map[string]string{"vda": vda, "vdb": vdb})
+	q := startLiveVMKind(t, map[string]string{"vda": vda, "vdb": vdb}, device)
 
 	v := &vmModel{name: "live", targets: []string{"vda", "vdb"}, cur: map[string][]byte{}, parent: map[string]string{},
 		snapSum: map[string]map[string]string{}, originals: []string{vda, vdb}}

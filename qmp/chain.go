@@ -48,6 +48,18 @@ func (d Disk) Name() string {
 	return d.NodeName
 }
 
+// QDevID returns the device id in a QOM path such as
+// /machine/peripheral/virtio0/virtio-backend (virtio0); other paths are
+// returned as they are.
+func QDevID(path string) string {
+	const prefix = "/machine/peripheral/"
+	if !strings.HasPrefix(path, prefix) {
+		return path
+	}
+	id, _, _ := strings.Cut(strings.TrimPrefix(path, prefix), "/")
+	return id
+}
+
 // filterDrivers are block drivers that only pass requests on to one
 // child. Jobs insert them above a disk's top (mirror_top, commit_top,
 // copy-on-read for stream) or inside its chain (commit_top for an

@@ -100,7 +100,7 @@ func (t *Target) disk(ctx context.Context, name string) ([]qmp.Disk, qmp.Disk, e
 
 func matchDisk(ds []qmp.Disk, name string) *qmp.Disk {
 	for i, d := range ds {
-		if name == d.Device || name == d.NodeName || name == d.QDev || (d.QDev != "" && qdevID(d.QDev) == name) {
+		if name == d.Device || name == d.NodeName || name == d.QDev || (d.QDev != "" && qmp.QDevID(d.QDev) == name) {
 			return &ds[i]
 		}
 	}
@@ -111,17 +111,6 @@ func matchDisk(ds []qmp.Disk, name string) *qmp.Disk {
 		}
 	}
 	return nil
-}
-
-// qdevID returns the device id in a QOM path such as
-// /machine/peripheral/virtio0/virtio-backend.
-func qdevID(path string) string {
-	const prefix = "/machine/peripheral/"
-	if !strings.HasPrefix(path, prefix) {
-		return path
-	}
-	id, _, _ := strings.Cut(strings.TrimPrefix(path, prefix), "/")
-	return id
 }
 
 // sameFile reports whether a and b name the same file: equal after
