@@ -205,7 +205,11 @@ func startVM(t *testing.T, c *blockChain, kind vmKind, wrap string) *blockVM {
 	ctx, cancel := context.WithTimeout(context.Background(), blockTimeout)
 	defer cancel()
 	for {
-		conn, err := qmp.Dial(ctx, s2, qmp.Options{})
+		// Each attempt bounded on its own: a connection made while qemu
+		// starts must not use up the whole wait.
+		actx, acancel := context.WithTimeout(ctx, 5*time.Second)
+		conn, err := qmp.Dial(actx, s2, qmp.Options{})
+		acancel()
 		if err == nil {
 			vm.mon = conn
 			break

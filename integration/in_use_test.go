@@ -146,15 +146,16 @@ func startQemu(t *testing.T, images ...string) {
 			continue
 		}
 		conn.SetDeadline(time.Now().Add(10 * time.Second))
-		// An event (RESUME) can come before the greeting while qemu starts.
-		br := bufio.NewReader(conn)
-		line, err := br.ReadString('\n')
-		for i := 0; err == nil && strings.Contains(line, `"event"`) && i < 16; i++ {
-			line, err = br.ReadString('\n')
-		}
+		line, err := bufio.NewReader(conn).ReadString('\n')
 		conn.Close()
 		if err == nil && strings.Contains(line, `"QMP"`) {
 			return
+		}
+		if err == nil && strings.Contains(line, `"event"`) {
+			// An event before the greeting: qemu is still starting its
+			// monitor (see qmp.ErrNotReady); connect again.
+			time.Sleep(20 * time.Millisecond)
+			continue
 		}
 		t.Fatalf("unexpected QMP greeting %q: %v", line, err)
 	}

@@ -26,8 +26,10 @@ const (
 	// DefaultEventBuffer is the per-subscriber event buffer when
 	// Options.EventBuffer is zero.
 	DefaultEventBuffer = 4096
-	// maxEventsBeforeGreeting bounds the events skipped before the greeting.
-	maxEventsBeforeGreeting = 16
+	// maxNotReadyDials and notReadyDelay bound how often and how fast Dial
+	// connects again to a QEMU whose monitor is still starting.
+	maxNotReadyDials = 50
+	notReadyDelay    = 20 * time.Millisecond
 	// DefaultCallTimeout bounds the calls that take no context (the
 	// go-qemu Monitor methods Connect and Run) when Options.CallTimeout is
 	// zero.
@@ -147,16 +149,26 @@ func NewConn(nc net.Conn, opts Options) *Conn {
 // Dial connects to the QMP unix socket at path and performs the handshake
 // (greeting and qmp_capabilities) within ctx.
 func Dial(ctx context.Context, path string, opts Options) (*Conn, error) {
-	var d net.Dialer
-	nc, err := d.DialContext(ctx, "unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("qmp: dial %s: %w", path, err)
+	for attempt := 1; ; attempt++ {
+		var d net.Dialer
+		nc, err := d.DialContext(ctx, "unix", path)
+		if err != nil {
+			return nil, fmt.Errorf("qmp: dial %s: %w", path, err)
+		}
+		c := NewConn(nc, opts)
+		err = c.ConnectContext(ctx)
+		if err == nil {
+			return c, nil
+		}
+		if !errors.Is(err, ErrNotReady) || attempt == maxNotReadyDials {
+			return nil, fmt.Errorf("qmp: %s: %w", path, err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("qmp: %s: %w", path, err)
+		case <-time.After(notReadyDelay):
+		}
 	}
-	c := NewConn(nc, opts)
-	if err := c.ConnectContext(ctx); err != nil {
-		return nil, fmt.Errorf("qmp: %s: %w", path, err)
-	}
-	return c, nil
 }
 
 // Connect performs the QMP handshake, bounded by Options.CallTimeout. It
@@ -195,21 +207,17 @@ func (c *Conn) ConnectContext(ctx context.Context) (err error) {
 		QMP   *Greeting `json:"QMP"`
 		Event string    `json:"event"`
 	}
-	var line []byte
-	// A client that connects while QEMU starts can receive an event (RESUME)
-	// before the greeting: QEMU queues events to an accepted monitor before
-	// its main loop sends the greeting. Skip a few such events.
-	for skipped := 0; ; skipped++ {
-		line, err = lr.readLine()
-		if err != nil {
-			stop()
-			return ctxErr(ctx, fmt.Errorf("reading greeting: %w", err))
-		}
-		g.QMP, g.Event = nil, ""
-		if json.Unmarshal(line, &g) == nil && g.QMP == nil && g.Event != "" && skipped < maxEventsBeforeGreeting {
-			continue
-		}
-		break
+	line, err := lr.readLine()
+	if err != nil {
+		stop()
+		return ctxErr(ctx, fmt.Errorf("reading greeting: %w", err))
+	}
+	if json.Unmarshal(line, &g) == nil && g.QMP == nil && g.Event != "" {
+		// QEMU emits events to a monitor that is still in command mode
+		// from its start-up, before it has set the new connection up;
+		// such a connection can then hang. Dial connects again.
+		stop()
+		return fmt.Errorf("%w: event %s before the greeting", ErrNotReady, g.Event)
 	}
 	if g.QMP == nil {
 		stop()
