@@ -5,7 +5,6 @@ import (
 	"io"
 
 	"github.com/qchain/qchain/chain/blockjob"
-	"github.com/qchain/qchain/qmp"
 	"github.com/urfave/cli/v2"
 )
 
@@ -30,7 +29,7 @@ type disksReport struct {
 
 type diskReport struct {
 	Name string `json:"name"`
-	qmp.Disk
+	blockjob.Disk
 	Jobs []blockjob.JobStatus `json:"jobs"`
 }
 

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/qchain/qchain/chain/blockjob"
-	"github.com/qchain/qchain/qmp"
 	"github.com/urfave/cli/v2"
 )
 
@@ -49,7 +48,7 @@ func qmpFlag() cli.Flag {
 func jobFlags() []cli.Flag {
 	return []cli.Flag{
 		qmpFlag(),
-		&cli.StringFlag{Name: "storage-daemon", Usage: "qemu-storage-daemon `BINARY` for offline jobs", Value: qmp.StorageDaemonBinary},
+		&cli.StringFlag{Name: "storage-daemon", Usage: "qemu-storage-daemon `BINARY` for offline jobs", Value: blockjob.DefaultStorageDaemon},
 		&cli.BoolFlag{Name: "wait", Usage: "wait for the job to end (offline jobs always wait)"},
 		&cli.BoolFlag{Name: "verbose", Usage: "show a progress bar on stderr while waiting"},
 		&cli.Int64Flag{Name: "bandwidth", Usage: "limit the job to `N` MiB/s (0: unlimited)"},

@@ -15,6 +15,14 @@ import (
 	"github.com/qchain/qchain/qmp"
 )
 
+// Disk is a disk of a target with its chain, as Disks returns it (qmp's
+// type; its JSON is what qchain disks --output=json prints).
+type Disk = qmp.Disk
+
+// DefaultStorageDaemon is the program an offline target starts when
+// TargetOptions.StorageDaemon is empty.
+const DefaultStorageDaemon = qmp.StorageDaemonBinary
+
 // Limits of opening a target.
 const (
 	// dialTimeout bounds connecting to a QMP socket and the handshake: a
