@@ -126,6 +126,21 @@ func chainGraph(top string, writable int) (*graph, error) {
 	return g, nil
 }
 
+// DaemonBlockdevs describes top's chain for a qemu-storage-daemon, as the
+// offline executor opens it: one format node per layer with its "file"
+// child and absolute filenames, node l0 the top, each qcow2 layer's
+// backing the next node and the base's backing explicitly none (so QEMU
+// opens exactly the files qchain read), layers deeper than writable
+// read-only (jobs reopen what they write; a copy can open the same files
+// again as its target's backing). Each element is a --blockdev value.
+func DaemonBlockdevs(top string, writable int) ([]any, error) {
+	g, err := chainGraph(top, writable)
+	if err != nil {
+		return nil, err
+	}
+	return g.blockdevs, nil
+}
+
 // node returns the node of file in the graph.
 func (g *graph) node(file string) (string, error) {
 	st, err := os.Stat(file)

@@ -11,7 +11,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/qchain/qchain/qcow2"
+	"github.com/qchain/qchain/chain"
 	"github.com/qchain/qchain/qmp"
 )
 
@@ -162,48 +162,6 @@ func dial(ctx context.Context, socket string) (*qmp.Conn, error) {
 	return nil, fmt.Errorf("--qmp %s: %w", socket, err)
 }
 
-// offlineBlockdevs describes image's chain for a storage daemon: one
-// format node per layer with its "file" child, absolute filenames, node
-// l0 the top, each qcow2 layer's backing the next node and the base's
-// backing explicitly none (so QEMU opens exactly the files qchain read),
-// the backing layers read-only.
-func offlineBlockdevs(image string) ([]any, error) {
-	ch, err := qcow2.OpenChain(image, qcow2.ChainOptions{})
-	if err != nil {
-		return nil, err
-	}
-	defer ch.Close()
-	n := len(ch.Layers)
-	devs := make([]any, 0, n)
-	for d := n - 1; d >= 0; d-- { // base first: backing nodes must exist
-		l := ch.Layers[d]
-		abs, err := filepath.Abs(l.Filename())
-		if err != nil {
-			return nil, err
-		}
-		bd := map[string]any{
-			"driver":    l.Format(),
-			"node-name": fmt.Sprintf("l%d", d),
-			"file":      map[string]any{"driver": "file", "filename": abs},
-		}
-		if d > 0 {
-			// Backing layers read-only, as QEMU opens them for -drive:
-			// jobs reopen what they write (a commit's base), and a copy
-			// can open the same files again as its target's backing.
-			bd["read-only"] = true
-		}
-		if l.Format() == "qcow2" {
-			if d == n-1 {
-				bd["backing"] = nil
-			} else {
-				bd["backing"] = fmt.Sprintf("l%d", d+1)
-			}
-		}
-		devs = append(devs, bd)
-	}
-	return devs, nil
-}
-
 // startOffline opens image's chain in a private qemu-storage-daemon.
 func startOffline(ctx context.Context, image, binary string) (*Target, error) {
 	abs, err := filepath.Abs(image)
@@ -216,7 +174,7 @@ func startOffline(ctx context.Context, image, binary string) (*Target, error) {
 		}
 		return nil, err
 	}
-	devs, err := offlineBlockdevs(abs)
+	devs, err := chain.DaemonBlockdevs(abs, 0)
 	if err != nil {
 		return nil, err
 	}

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/qchain/qchain/chain"
 	"github.com/qchain/qchain/qmp"
 )
 
@@ -386,24 +387,13 @@ func directActiveCommit(c *JobChain, work string, timeout time.Duration) (time.D
 		"--chardev", "socket,path=" + sock + ",server=on,wait=off,id=mon",
 		"--monitor", "chardev=mon",
 	}
-	// The graph qchain gives the daemon offline (chain/blockjob): base
-	// first, node l0 the top, backing layers read-only, the base's
-	// backing none.
-	n := len(c.Layers)
-	for d := n - 1; d >= 0; d-- {
-		bd := map[string]any{
-			"driver":    "qcow2",
-			"node-name": fmt.Sprintf("l%d", d),
-			"file":      map[string]any{"driver": "file", "filename": filepath.Join(work, c.Layers[n-1-d].Name)},
-		}
-		if d > 0 {
-			bd["read-only"] = true
-		}
-		if d == n-1 {
-			bd["backing"] = nil
-		} else {
-			bd["backing"] = fmt.Sprintf("l%d", d+1)
-		}
+	// The graph qchain gives the daemon offline (built before the clock
+	// starts: the reference knows it already).
+	devs, err := chain.DaemonBlockdevs(filepath.Join(work, c.top()), 0)
+	if err != nil {
+		return 0, err
+	}
+	for _, bd := range devs {
 		js, _ := json.Marshal(bd)
 		args = append(args, "--blockdev", string(js))
 	}
