@@ -22,14 +22,25 @@ build:
 deps:
 	@scripts/deps.sh
 
+# QEMU_PKGS run against real qemu processes: once with the system's QEMU
+# (7.2 on Debian 12) and once with QEMU 10.0 (scripts/qemu10.sh) first in
+# PATH. Tests read the version of the qemu-img in PATH and compare with the
+# matching output layout (10.0's by default, --compat=7.2 for 7.x).
+QEMU_PKGS := ./qmp/... ./chain/... ./fixtures/... ./integration/...
+QEMU10    = PATH="$$(scripts/qemu10.sh):$$PATH"
+
 test: deps lint build
+	@echo "== tests, system QEMU: $$(qemu-img --version | head -1)"
 	$(GO) test -count=1 -timeout 20m $(PKGS)
+	@echo "== tests, QEMU 10.0: $$($(QEMU10) qemu-img --version | head -1)"
+	$(QEMU10) $(GO) test -count=1 -timeout 20m $(QEMU_PKGS)
 
 unit: build
 	$(GO) test -count=1 ./qcow2/... ./qmp/... ./chain/... ./cli/... ./fixtures/...
 
 integration: deps build
 	$(GO) test -count=1 -timeout 20m ./integration/...
+	$(QEMU10) $(GO) test -count=1 -timeout 20m ./integration/...
 
 demo: deps build
 	@scripts/demo.sh
