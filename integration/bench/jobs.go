@@ -230,9 +230,9 @@ func jobChains(quick bool) (active, three *JobChain) {
 // runJobBench generates the chains, measures the block-job cases with
 // runs timed runs of each side, and prints their commands. ok is false
 // when a chain could not be made.
-func runJobBench(root, qchain string, runs int, quick bool, timeout time.Duration) (results []*JobResult, ok bool) {
+func runJobBench(root, qchain string, runs int, quick bool, timeout time.Duration, qemu string) (results []*JobResult, ok bool) {
 	active, three := jobChains(quick)
-	fmt.Println("\n## Block-job chains")
+	fmt.Printf("\n## Block-job chains (%s)\n", qemu)
 	for _, c := range []*JobChain{active, three} {
 		fmt.Printf("- %s (%s): ", c.key(), c.describe())
 		if err := prepareJobChain(root, c); err != nil {
@@ -261,7 +261,10 @@ func runJobBench(root, qchain string, runs int, quick bool, timeout time.Duratio
 			Qchain: []string{"blockpull", "--wait", w("top.qcow2")},
 			Other:  []string{"qemu-img", "rebase", "-b", "", w("top.qcow2")}, Result: "top.qcow2", Standalone: true},
 	}
-	fmt.Printf("\n## Block-job commands (fresh copy of the chain before every run, copy not timed; one untimed run of each side, then %d timed runs each, %d for the overhead goal)\n", runs, max(runs, goalJobRuns))
+	for i := range cases {
+		cases[i].Name += ", " + qemu
+	}
+	fmt.Printf("\n## Block-job commands on %s (fresh copy of the chain before every run, copy not timed; one untimed run of each side, then %d timed runs each, %d for the overhead goal)\n", qemu, runs, max(runs, goalJobRuns))
 	for _, c := range cases {
 		r := &JobResult{Case: c, Qchain: &Sample{}, Other: &Sample{}}
 		r.QchainCmd = shellQuote(append([]string{qchain}, c.Qchain...))

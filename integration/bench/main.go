@@ -183,9 +183,22 @@ func run() int {
 	}
 
 	jobRuns := max(*n, 3)
-	jobResults, ok := runJobBench(*dir, qchain, jobRuns, *quick, *timeout)
+	jobResults, ok := runJobBench(*dir, qchain, jobRuns, *quick, *timeout, qemuVersion())
 	if !ok {
 		return 2
+	}
+	// The same block jobs on QEMU 10.0 (qemu-storage-daemon and qemu-img
+	// of that version first in PATH), when scripts/qemu10.sh can provide it.
+	if bin, err := qemu10Bin(); err != nil {
+		fmt.Printf("\n(no QEMU 10.0 block-job rows: %v)\n", err)
+	} else {
+		restore := prependPath(bin)
+		more, ok := runJobBench(*dir, qchain, jobRuns, *quick, *timeout, qemuVersion())
+		restore()
+		if !ok {
+			return 2
+		}
+		jobResults = append(jobResults, more...)
 	}
 
 	printTables(results, *n)
@@ -337,4 +350,48 @@ func cpuModel() string {
 		}
 	}
 	return "unknown model"
+}
+
+// qemuVersion returns "QEMU X.Y" of the qemu-img first in PATH.
+func qemuVersion() string {
+	out, err := exec.Command("qemu-img", "--version").Output()
+	if err != nil {
+		return "QEMU ?"
+	}
+	f := strings.Fields(string(out))
+	if len(f) < 3 {
+		return "QEMU ?"
+	}
+	v := f[2]
+	if i := strings.Index(v, "."); i >= 0 {
+		if j := strings.Index(v[i+1:], "."); j >= 0 {
+			v = v[:i+1+j]
+		}
+	}
+	return "QEMU " + v
+}
+
+// qemu10Bin returns the folder of QEMU 10.0's wrappers: $QCHAIN_QEMU10_BIN,
+// else what scripts/qemu10.sh prints (it fetches QEMU 10.0 when missing).
+func qemu10Bin() (string, error) {
+	if bin := os.Getenv("QCHAIN_QEMU10_BIN"); bin != "" {
+		return bin, nil
+	}
+	root, err := moduleRoot()
+	if err != nil {
+		return "", err
+	}
+	out, err := exec.Command(filepath.Join(root, "scripts", "qemu10.sh")).Output()
+	if err != nil {
+		return "", fmt.Errorf("scripts/qemu10.sh: %w", err)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+// prependPath puts dir first in PATH and returns a function that restores
+// the old PATH.
+func prependPath(dir string) (restore func()) {
+	old := os.Getenv("PATH")
+	os.Setenv("PATH", dir+string(os.PathListSeparator)+old)
+	return func() { os.Setenv("PATH", old) }
 }
