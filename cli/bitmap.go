@@ -67,10 +67,7 @@ func runBitmap(c *cli.Context, actions []bitmap.Action) error {
 	if c.IsSet("output") {
 		return fmt.Errorf("bitmap: --output applies only to --list")
 	}
-	g, set := sizeOf(c, "granularity")
-	if set && g == 0 {
-		return fmt.Errorf("granularity 0 is not a power of two from 512 to 2 GiB")
-	}
+	g, _ := sizeOf(c, "granularity") // 0 is the default, as in qemu-img
 	req := bitmap.Request{
 		Bitmap:       name,
 		Actions:      actions,
