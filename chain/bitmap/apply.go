@@ -47,7 +47,7 @@ type Options struct {
 // writing, and the actions run as QMP transactions, all or nothing.
 func Apply(ctx context.Context, name string, req Request, opts Options) (*Plan, error) {
 	if err := req.Validate(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	if opts.QMP != "" {
 		return applyLive(ctx, name, req, opts)
