@@ -55,6 +55,7 @@ func NewApp(stdout, stderr io.Writer) *cli.App {
 			whoUsesCommand(),
 			createCommand(),
 			rebaseCommand(),
+			bitmapCommand(),
 		},
 	}
 	app.Commands = append(app.Commands, blockCommands()...)
