@@ -3,6 +3,7 @@ package cli
 import (
 	"fmt"
 
+	"github.com/qchain/qchain/qcow2"
 	"github.com/urfave/cli/v2"
 )
 
@@ -35,7 +36,7 @@ func runMap(c *cli.Context) error {
 	}
 	start, _ := sizeOf(c, "start-offset")
 	if asJSON {
-		return chain.WriteMapJSON(c.App.Writer, start, length)
+		return chain.WriteMapJSON(c.App.Writer, start, length, qcow2.OutputOptions{Layout: qcow2.LayoutQemu72})
 	}
 	if err := chain.WriteMapHuman(c.App.Writer, start, length); err != nil {
 		return fmt.Errorf("%s: %w (use --output=json)", name, err)
