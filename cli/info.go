@@ -32,7 +32,7 @@ func runInfo(c *cli.Context) error {
 		return err
 	}
 	defer chain.Close()
-	infos, err := chain.ChainInfo()
+	infos, err := chain.ChainInfo(qcow2.OutputOptions{Layout: qcow2.LayoutQemu72})
 	if err != nil {
 		return err
 	}

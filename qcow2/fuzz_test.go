@@ -144,7 +144,8 @@ func FuzzImage(f *testing.F) {
 		}
 		q.Name = "fuzz.qcow2"
 		c := &Chain{Layers: []Layer{q}, Probed: []bool{false}}
-		c.ChainInfo()
+		c.ChainInfo(OutputOptions{})
+		c.ChainInfo(OutputOptions{Layout: LayoutQemu72})
 		q.Check()
 		if q.VirtualSize() > 4<<20 {
 			return
