@@ -14,7 +14,11 @@ func infoCommand() *cli.Command {
 		Name:      "info",
 		Usage:     "describe an image (and with --backing-chain every image below it), as qemu-img info",
 		ArgsUsage: "IMAGE",
-		Flags: append(chainFlags(), outputFlag(),
+		Description: compatDescription + "\n" +
+			"qchain's own lines, in no qemu-img: \"backing file format: none recorded\" and\n" +
+			"\"format probed: yes\" for a backing file whose format nothing recorded, and\n" +
+			"\"unsupported features\" for an image qemu-img refuses to open.",
+		Flags: append(chainFlags(), outputFlag(), compatFlag(),
 			&cli.BoolFlag{Name: "backing-chain", Usage: "describe every image of the backing chain"}),
 		Action: runInfo,
 	}
@@ -25,7 +29,10 @@ func runInfo(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	out := qcow2.OutputOptions{Layout: qcow2.LayoutQemu72}
+	out, err := outputOptions(c)
+	if err != nil {
+		return err
+	}
 	chain, err := openChain(c, name, !c.Bool("backing-chain"))
 	if err != nil {
 		return err

@@ -3,16 +3,16 @@ package cli
 import (
 	"fmt"
 
-	"github.com/qchain/qchain/qcow2"
 	"github.com/urfave/cli/v2"
 )
 
 func mapCommand() *cli.Command {
 	return &cli.Command{
-		Name:      "map",
-		Usage:     "show which layer and host offset backs each guest range, as qemu-img map",
-		ArgsUsage: "IMAGE",
-		Flags: append(chainFlags(), outputFlag(), snapshotFlag(),
+		Name:        "map",
+		Usage:       "show which layer and host offset backs each guest range, as qemu-img map",
+		ArgsUsage:   "IMAGE",
+		Description: compatDescription,
+		Flags: append(chainFlags(), outputFlag(), compatFlag(), snapshotFlag(),
 			sizeFlag("start-offset", "first guest byte to map (suffixes k, M, G, T)"),
 			sizeFlag("max-length", "map at most `N` bytes"),
 		),
@@ -22,6 +22,10 @@ func mapCommand() *cli.Command {
 
 func runMap(c *cli.Context) error {
 	name, asJSON, err := imageAndOutput(c)
+	if err != nil {
+		return err
+	}
+	out, err := outputOptions(c)
 	if err != nil {
 		return err
 	}
@@ -36,7 +40,7 @@ func runMap(c *cli.Context) error {
 	}
 	start, _ := sizeOf(c, "start-offset")
 	if asJSON {
-		return chain.WriteMapJSON(c.App.Writer, start, length, qcow2.OutputOptions{Layout: qcow2.LayoutQemu72})
+		return chain.WriteMapJSON(c.App.Writer, start, length, out)
 	}
 	if err := chain.WriteMapHuman(c.App.Writer, start, length); err != nil {
 		return fmt.Errorf("%s: %w (use --output=json)", name, err)
