@@ -280,7 +280,8 @@ func cHex(v uint64) string {
 }
 
 // WriteMapHuman writes the map as `qemu-img map` prints it by default:
-// only data ranges, with the file that holds them.
+// only data ranges, with the file that holds them. At data it cannot
+// print it stops with ErrMapHuman, after the lines before it, as qemu-img.
 func (c *Chain) WriteMapHuman(w io.Writer, start, length uint64) error {
 	bw := bufio.NewWriterSize(w, 256<<10)
 	fmt.Fprintf(bw, "%-16s%-16s%-16s%s\n", "Offset", "Length", "Mapped to", "File")
@@ -297,6 +298,11 @@ func (c *Chain) WriteMapHuman(w io.Writer, start, length uint64) error {
 		}
 		return nil
 	})
+	if errors.Is(err, ErrMapHuman) {
+		// qemu-img has printed the lines before the one it refuses.
+		bw.Flush()
+		return err
+	}
 	if err != nil {
 		return err
 	}
