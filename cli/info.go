@@ -33,7 +33,10 @@ func runInfo(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	chain, err := openChain(c, name, !c.Bool("backing-chain"))
+	opts := chainOptions(c)
+	opts.NoBacking = opts.NoBacking || !c.Bool("backing-chain")
+	opts.NoDataFile = true // as qemu-img info: a missing data file is no error
+	chain, err := qcow2.OpenChain(name, opts)
 	if err != nil {
 		return err
 	}

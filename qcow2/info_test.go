@@ -94,3 +94,24 @@ func TestInfoChildren(t *testing.T) {
 		})
 	}
 }
+
+func TestOpenChainNoDataFile(t *testing.T) {
+	// qemu-img info describes an image whose data file is gone; opening
+	// the chain for reading fails at once, as qemu does.
+	name := writeImage(t, "df.qcow2", dataFileImage("missing.bin"))
+	if c, err := OpenChain(name, ChainOptions{}); err == nil {
+		c.Close()
+		t.Errorf("OpenChain of an image without its data file succeeded")
+	}
+	c, err := OpenChain(name, ChainOptions{NoDataFile: true})
+	if err != nil {
+		t.Fatalf("OpenChain with NoDataFile: %v", err)
+	}
+	defer c.Close()
+	if _, err := c.ChainInfo(OutputOptions{}); err != nil {
+		t.Errorf("ChainInfo: %v", err)
+	}
+	if _, err := c.ReadAt(make([]byte, 512), 0); err == nil {
+		t.Errorf("reading guest data without the data file succeeded")
+	}
+}
