@@ -8,10 +8,11 @@ import (
 
 func mapCommand() *cli.Command {
 	return &cli.Command{
-		Name:      "map",
-		Usage:     "show which layer and host offset backs each guest range, as qemu-img map",
-		ArgsUsage: "IMAGE",
-		Flags: append(chainFlags(), outputFlag(), snapshotFlag(),
+		Name:        "map",
+		Usage:       "show which layer and host offset backs each guest range, as qemu-img map",
+		ArgsUsage:   "IMAGE",
+		Description: compatDescription,
+		Flags: append(chainFlags(), outputFlag(), compatFlag(), snapshotFlag(),
 			sizeFlag("start-offset", "first guest byte to map (suffixes k, M, G, T)"),
 			sizeFlag("max-length", "map at most `N` bytes"),
 		),
@@ -21,6 +22,10 @@ func mapCommand() *cli.Command {
 
 func runMap(c *cli.Context) error {
 	name, asJSON, err := imageAndOutput(c)
+	if err != nil {
+		return err
+	}
+	out, err := outputOptions(c)
 	if err != nil {
 		return err
 	}
@@ -35,7 +40,7 @@ func runMap(c *cli.Context) error {
 	}
 	start, _ := sizeOf(c, "start-offset")
 	if asJSON {
-		return chain.WriteMapJSON(c.App.Writer, start, length)
+		return chain.WriteMapJSON(c.App.Writer, start, length, out)
 	}
 	if err := chain.WriteMapHuman(c.App.Writer, start, length); err != nil {
 		return fmt.Errorf("%s: %w (use --output=json)", name, err)

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"os"
 
 	"github.com/qchain/qchain/qcow2"
 	"github.com/urfave/cli/v2"
@@ -19,6 +20,40 @@ func chainFlags() []cli.Flag {
 
 func outputFlag() cli.Flag {
 	return &cli.StringFlag{Name: "output", Value: "human", Usage: "output format: human or json"}
+}
+
+// compatEnv names the environment variable that chooses the output layout
+// when --compat is not given.
+const compatEnv = "QCHAIN_COMPAT"
+
+// compatDescription is the help paragraph of the commands that take
+// --compat.
+const compatDescription = "The output is qemu-img 10.0's (JSON equal once parsed, text equal);\n" +
+	"--compat=7.2, or " + compatEnv + "=7.2 when --compat is not given, prints qemu-img 7.2's."
+
+// compatFlag is --compat, taken by every command whose output reproduces
+// qemu-img's (info, map, check).
+func compatFlag() cli.Flag {
+	return &cli.StringFlag{Name: "compat", Usage: "print the output layout of qemu-img `VERSION`: " + qcow2.Layouts +
+		" (default 10.0, or $" + compatEnv + ")"}
+}
+
+// outputOptions returns the layout --compat asks for, or else
+// $QCHAIN_COMPAT, or else qemu-img 10.0's. An unknown value is an error
+// that names where it came from.
+func outputOptions(c *cli.Context) (qcow2.OutputOptions, error) {
+	v, from := c.String("compat"), "--compat"
+	if !c.IsSet("compat") {
+		v, from = os.Getenv(compatEnv), compatEnv
+		if v == "" {
+			return qcow2.OutputOptions{}, nil
+		}
+	}
+	l, err := qcow2.ParseLayout(v)
+	if err != nil {
+		return qcow2.OutputOptions{}, fmt.Errorf("%s=%s: %w", from, v, err)
+	}
+	return qcow2.OutputOptions{Layout: l}, nil
 }
 
 func outputJSON(c *cli.Context) (bool, error) {

@@ -123,13 +123,15 @@ func fxFieldDiff(want, got any) []string {
 
 // fxMapEntry is one entry of qemu-img map --output=json.
 type fxMapEntry struct {
-	Start   int64  `json:"start"`
-	Length  int64  `json:"length"`
-	Depth   int    `json:"depth"`
-	Present bool   `json:"present"`
-	Zero    bool   `json:"zero"`
-	Data    bool   `json:"data"`
-	Offset  *int64 `json:"offset"`
+	Start   int64 `json:"start"`
+	Length  int64 `json:"length"`
+	Depth   int   `json:"depth"`
+	Present bool  `json:"present"`
+	Zero    bool  `json:"zero"`
+	Data    bool  `json:"data"`
+	// Compressed is in qemu-img 8.2's layout and later (qchain's default).
+	Compressed *bool  `json:"compressed"`
+	Offset     *int64 `json:"offset"`
 }
 
 // fxQemuMap runs qemu-img map --output=json on image.
@@ -1150,6 +1152,7 @@ func TestForensicsWhoUses(t *testing.T) {
 // the exported bytes against map's ranges.
 func TestForensicsSnapshot(t *testing.T) {
 	bin := requireTools(t)
+	compat := compatFlags(t)
 	dir := t.TempDir()
 	work := t.TempDir()
 	q := fixtures.NewQemu(t, dir)
@@ -1219,7 +1222,7 @@ func TestForensicsSnapshot(t *testing.T) {
 			}
 
 			var m []fxMapEntry
-			res = fxJSON(t, bin, 0, &m, "map", "--output=json", "--snapshot", snap, img)
+			res = fxJSON(t, bin, 0, &m, withFlags([]string{"map", "--output=json", "--snapshot", snap, img}, compat)...)
 			gotMap, err := parseJSON(res.Stdout)
 			if err != nil {
 				t.Fatal(err)

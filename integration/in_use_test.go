@@ -18,10 +18,11 @@ import (
 const qemuStartTimeout = 30 * time.Second
 
 // inUseRun is one command run on an image a qemu holds: qemu-img needs -U
-// for all of them, qchain only for info.
+// for all of them, qchain only for info. human runs are compared as text.
 type inUseRun struct {
 	name       string
 	qemu, mine []string
+	human      bool
 }
 
 // TestDifferentialInUse holds images open read-write in a running
@@ -31,6 +32,7 @@ type inUseRun struct {
 // bitmap, which QEMU marks in-use in the file while it has the image open.
 func TestDifferentialInUse(t *testing.T) {
 	bin := requireTools(t)
+	compat := compatFlags(t)
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		t.Skip("qemu-system-x86_64 not on PATH")
 	}
@@ -57,11 +59,13 @@ func TestDifferentialInUse(t *testing.T) {
 	for _, img := range []string{plain, withBitmap} {
 		name := filepath.Base(img)
 		runs = append(runs,
-			inUseRun{name + "/info", []string{"info", "-U", "--output=json", img}, []string{"info", "-U", "--output=json", img}},
+			inUseRun{name + "/info", []string{"info", "-U", "--output=json", img}, []string{"info", "-U", "--output=json", img}, false},
 			inUseRun{name + "/info-backing-chain", []string{"info", "-U", "--backing-chain", "--output=json", img},
-				[]string{"info", "-U", "--backing-chain", "--output=json", img}},
-			inUseRun{name + "/map", []string{"map", "-U", "--output=json", img}, []string{"map", "--output=json", img}},
-			inUseRun{name + "/check", []string{"check", "-U", "--output=json", img}, []string{"check", "--output=json", img}},
+				[]string{"info", "-U", "--backing-chain", "--output=json", img}, false},
+			inUseRun{name + "/map", []string{"map", "-U", "--output=json", img}, []string{"map", "--output=json", img}, false},
+			inUseRun{name + "/check", []string{"check", "-U", "--output=json", img}, []string{"check", "--output=json", img}, false},
+			inUseRun{name + "/info-human", []string{"info", "-U", img}, []string{"info", "-U", img}, true},
+			inUseRun{name + "/info-backing-chain-human", []string{"info", "-U", "--backing-chain", img}, []string{"info", "-U", "--backing-chain", img}, true},
 		)
 	}
 
@@ -84,8 +88,12 @@ func TestDifferentialInUse(t *testing.T) {
 
 	for i, r := range runs {
 		t.Run(r.name, func(t *testing.T) {
-			got := fixtures.Run(ctx, root, bin, r.mine...)
-			compareJSONRun(t, refs[i], got)
+			got := fixtures.Run(ctx, root, bin, withFlags(r.mine, compat)...)
+			if r.human {
+				compareTextRun(t, refs[i], got)
+			} else {
+				compareJSONRun(t, refs[i], got)
+			}
 		})
 	}
 	t.Run("export", func(t *testing.T) {

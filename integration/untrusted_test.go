@@ -14,6 +14,7 @@ import (
 // qchain's info must say the same, and reading data must fail clearly.
 func TestEncryptedInfo(t *testing.T) {
 	bin := requireTools(t)
+	compat := compatFlags(t)
 	ctx := context.Background()
 	dir := t.TempDir()
 	q := fixtures.NewQemu(t, dir)
@@ -36,7 +37,11 @@ func TestEncryptedInfo(t *testing.T) {
 		t.Run(img, func(t *testing.T) {
 			for _, args := range [][]string{{"info", "--output=json", img}, {"info", "--backing-chain", "--output=json", img}} {
 				ref := fixtures.Run(ctx, dir, "qemu-img", args...)
-				compareJSONRun(t, ref, fixtures.Run(ctx, dir, bin, args...))
+				compareJSONRun(t, ref, fixtures.Run(ctx, dir, bin, withFlags(args, compat)...))
+			}
+			for _, args := range [][]string{{"info", img}} {
+				ref := fixtures.Run(ctx, dir, "qemu-img", args...)
+				compareTextRun(t, ref, fixtures.Run(ctx, dir, bin, withFlags(args, compat)...))
 			}
 			got := fixtures.Run(ctx, dir, bin, "export", "-o", filepath.Join(t.TempDir(), "x.raw"), img)
 			if got.ExitCode == 0 || !strings.Contains(string(got.Stderr), "encrypted") {

@@ -66,6 +66,10 @@ func TestWriterCreate(t *testing.T) {
 				if mm, ok := m.(map[string]any); ok {
 					delete(mm, "filename")
 					delete(mm, "actual-size")
+					// qemu-img 8.0+ describes the host file too: its
+					// name, allocation and length, which only the cases
+					// marked identical share (their bytes are compared).
+					delete(mm, "children")
 				}
 			}
 			if d := jsonDiff(pb, pa); len(d) > 0 {

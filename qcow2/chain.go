@@ -23,6 +23,10 @@ type ChainOptions struct {
 	// Format is the format of the top image ("qcow2" or "raw"); empty
 	// probes it as qemu-img does.
 	Format string
+	// NoDataFile leaves external data files unopened, as qemu-img info
+	// does: the chain can be described whether or not they exist, and
+	// reading guest data opens them when it needs them.
+	NoDataFile bool
 }
 
 // Chain is a top image and its backing files, top first.
@@ -191,7 +195,7 @@ func OpenChain(name string, opts ChainOptions) (*Chain, error) {
 		c.Layers = append(c.Layers, l)
 		c.Probed = append(c.Probed, probed && depth > 0)
 		q, ok := l.(*File)
-		if ok && !opts.NoBacking && q.Header.HasDataFile() {
+		if ok && !opts.NoBacking && !opts.NoDataFile && q.Header.HasDataFile() {
 			// QEMU opens the data file with the image: a missing one is an
 			// error now, not at the first read.
 			if _, _, err := q.dataReader(); err != nil {

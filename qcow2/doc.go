@@ -10,7 +10,9 @@
 //
 // Open and OpenChain never write. Values shaped like qemu-img's JSON
 // (ImageInfo, MapEntry, CheckResult) marshal to the same keys and values as
-// qemu-img 7.2 with --output=json.
+// qemu-img with --output=json, and WriteInfoHuman and WriteMapHuman print
+// its default text. OutputOptions.Layout picks the release reproduced:
+// qemu-img 10.0 (the zero value) or 7.2, which differ in layout only.
 //
 // A *File and a *Chain are safe for concurrent use: all reads go through
 // io.ReaderAt and the table caches are guarded by a mutex.

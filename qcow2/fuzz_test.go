@@ -144,7 +144,11 @@ func FuzzImage(f *testing.F) {
 		}
 		q.Name = "fuzz.qcow2"
 		c := &Chain{Layers: []Layer{q}, Probed: []bool{false}}
-		c.ChainInfo()
+		for _, l := range []Layout{LayoutQemu10, LayoutQemu72} {
+			if infos, err := c.ChainInfo(OutputOptions{Layout: l}); err == nil {
+				WriteInfoHuman(io.Discard, infos, OutputOptions{Layout: l})
+			}
+		}
 		q.Check()
 		if q.VirtualSize() > 4<<20 {
 			return

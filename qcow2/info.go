@@ -2,11 +2,14 @@ package qcow2
 
 import (
 	"fmt"
+	"os"
 )
 
 // ImageInfo is what `qemu-img info --output=json` prints for one image;
-// it marshals to the same keys, present or absent as qemu-img 7.2 has them.
+// it marshals to the same keys, present or absent as qemu-img has them in
+// the layout it was made for (Children is empty in 7.2's).
 type ImageInfo struct {
+	Children              []ChildInfo     `json:"children,omitempty"`
 	Filename              string          `json:"filename"`
 	Format                string          `json:"format"`
 	DirtyFlag             *bool           `json:"dirty-flag,omitempty"`
@@ -26,6 +29,46 @@ type ImageInfo struct {
 	// UnsupportedFeatures names unknown incompatible features: the image is
 	// described but its data cannot be read (qemu-img refuses to open it).
 	UnsupportedFeatures string `json:"-"`
+}
+
+// ChildInfo is one child node of an image as qemu-img 8.0 and later list
+// them: the protocol node holding the image's bytes, named "file". qemu-img
+// info lists no other child: it opens neither backing files (each has its
+// own entry with --backing-chain) nor, since QEMU 8.2 and 7.2's stable
+// releases, an external data file.
+type ChildInfo struct {
+	Name string        `json:"name"`
+	Info *ProtocolInfo `json:"info"`
+}
+
+// ProtocolInfo describes a protocol node, the host file under an image, as
+// qemu-img info describes it inside a ChildInfo.
+type ProtocolInfo struct {
+	// Children is empty and never nil: a host file has no child nodes, and
+	// qemu-img prints an empty list.
+	Children []ChildInfo `json:"children"`
+	// VirtualSize is the file's length rounded up to whole 512-byte
+	// sectors, as QEMU's block layer sees any file.
+	VirtualSize    uint64             `json:"virtual-size"`
+	Filename       string             `json:"filename"`
+	Format         string             `json:"format"` // "file"
+	ActualSize     *int64             `json:"actual-size,omitempty"`
+	FormatSpecific FileFormatSpecific `json:"format-specific"`
+	DirtyFlag      bool               `json:"dirty-flag"`
+}
+
+// FileFormatSpecific is the "format-specific" object of a protocol node.
+type FileFormatSpecific struct {
+	Type string       `json:"type"` // "file"
+	Data FileSpecific `json:"data"`
+}
+
+// FileSpecific is what QEMU's file driver reports about a host file.
+type FileSpecific struct {
+	// ExtentSizeHint is the file's extent size hint (FS_IOC_FSGETXATTR's
+	// fsx_extsize), when it is not zero: XFS keeps the 1 MiB hint QEMU
+	// sets on the images it creates.
+	ExtentSizeHint *uint64 `json:"extent-size-hint,omitempty"`
 }
 
 // SnapshotInfo is one internal snapshot as qemu-img info lists it.
@@ -63,12 +106,15 @@ type Qcow2Specific struct {
 // EncryptInfo describes the encryption of an image; for LUKS, the fields
 // of the LUKS header as qemu-img lists them.
 type EncryptInfo struct {
-	Format         string     `json:"format"`
-	CipherAlg      string     `json:"cipher-alg,omitempty"`
-	CipherMode     string     `json:"cipher-mode,omitempty"`
-	IvgenAlg       string     `json:"ivgen-alg,omitempty"`
-	IvgenHashAlg   string     `json:"ivgen-hash-alg,omitempty"`
-	HashAlg        string     `json:"hash-alg,omitempty"`
+	Format       string `json:"format"`
+	CipherAlg    string `json:"cipher-alg,omitempty"`
+	CipherMode   string `json:"cipher-mode,omitempty"`
+	IvgenAlg     string `json:"ivgen-alg,omitempty"`
+	IvgenHashAlg string `json:"ivgen-hash-alg,omitempty"`
+	HashAlg      string `json:"hash-alg,omitempty"`
+	// DetachedHeader is false for LUKS inside qcow2 (the header is in the
+	// image); qemu-img lists it since QEMU 9.0.
+	DetachedHeader *bool      `json:"detached-header,omitempty"`
 	PayloadOffset  *uint64    `json:"payload-offset,omitempty"`
 	MasterKeyIters *uint32    `json:"master-key-iters,omitempty"`
 	UUID           string     `json:"uuid,omitempty"`
@@ -84,9 +130,9 @@ type BitmapInfo struct {
 
 func ptr[T any](v T) *T { return &v }
 
-// Info describes one layer as qemu-img info does. probed says whether the
-// layer's format was probed.
-func Info(l Layer, probed bool) (*ImageInfo, error) {
+// Info describes one layer as qemu-img info of opts.Layout does. probed
+// says whether the layer's format was probed.
+func Info(l Layer, probed bool, opts OutputOptions) (*ImageInfo, error) {
 	info := &ImageInfo{
 		Filename:            l.Filename(),
 		Format:              l.Format(),
@@ -94,19 +140,49 @@ func Info(l Layer, probed bool) (*ImageInfo, error) {
 		DirtyFlag:           ptr(false),
 		BackingFormatProbed: probed,
 	}
+	var host any
+	var hostSize int64
 	switch l := l.(type) {
 	case *RawFile:
+		host, hostSize = l.f, l.size
 		if n := allocatedBytes(l.f); n >= 0 {
 			info.ActualSize = ptr(n)
 		}
-		return info, nil
 	case *File:
-		return info, l.fillInfo(info)
+		host, hostSize = l.r, l.size
+		if err := l.fillInfo(info, opts.Layout); err != nil {
+			return nil, err
+		}
+	}
+	if opts.Layout != LayoutQemu72 {
+		info.Children = []ChildInfo{{Name: "file", Info: protocolInfo(l.Filename(), host, hostSize)}}
 	}
 	return info, nil
 }
 
-func (f *File) fillInfo(info *ImageInfo) error {
+// protocolInfo describes the host file under a layer: host is what the
+// layer reads (an *os.File gives the allocated size and the extent size
+// hint) and size its length in bytes.
+func protocolInfo(name string, host any, size int64) *ProtocolInfo {
+	p := &ProtocolInfo{
+		Children:       []ChildInfo{},
+		VirtualSize:    (uint64(max(size, 0)) + 511) &^ 511,
+		Filename:       name,
+		Format:         "file",
+		FormatSpecific: FileFormatSpecific{Type: "file"},
+	}
+	if n := allocatedBytes(host); n >= 0 {
+		p.ActualSize = ptr(n)
+	}
+	if f, ok := host.(*os.File); ok && f != nil {
+		if hint, ok := extentSizeHint(f); ok {
+			p.FormatSpecific.Data.ExtentSizeHint = ptr(hint)
+		}
+	}
+	return p
+}
+
+func (f *File) fillInfo(info *ImageInfo, layout Layout) error {
 	h := f.Header
 	// qemu-img 7.2 counts the qcow2 file alone, not an external data file.
 	if n := allocatedBytes(f.r); n >= 0 {
@@ -156,6 +232,9 @@ func (f *File) fillInfo(info *ImageInfo) error {
 		if err != nil {
 			return err
 		}
+		if layout != LayoutQemu72 {
+			enc.DetachedHeader = ptr(false)
+		}
 		spec.Encrypt = enc
 	}
 	if h.Version == 2 {
@@ -191,11 +270,11 @@ func (f *File) fillInfo(info *ImageInfo) error {
 }
 
 // ChainInfo describes every layer of the chain, top first, as
-// `qemu-img info --backing-chain` does.
-func (c *Chain) ChainInfo() ([]*ImageInfo, error) {
+// `qemu-img info --backing-chain` of opts.Layout does.
+func (c *Chain) ChainInfo(opts OutputOptions) ([]*ImageInfo, error) {
 	var out []*ImageInfo
 	for i, l := range c.Layers {
-		info, err := Info(l, c.Probed[i])
+		info, err := Info(l, c.Probed[i], opts)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", l.Filename(), err)
 		}

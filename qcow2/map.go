@@ -11,21 +11,31 @@ import (
 )
 
 // MapEntry is one entry of `qemu-img map`: a run of guest bytes with the
-// same status, merged exactly as qemu-img merges them.
+// same status, merged exactly as qemu-img 10.0 merges them.
 type MapEntry struct {
-	Start     uint64
-	Length    uint64
-	Depth     int
-	Present   bool
-	Zero      bool
-	Data      bool
-	HasOffset bool
-	Offset    uint64
+	Start   uint64
+	Length  uint64
+	Depth   int
+	Present bool
+	Zero    bool
+	Data    bool
+	// Compressed is true for data stored in compressed clusters (which
+	// have no host offset).
+	Compressed bool
+	HasOffset  bool
+	Offset     uint64
 }
 
-// mergeable is qemu-img's entry_mergeable. Entries at the same depth come
-// from the same file, so comparing depths also compares file names.
+// mergeable is qemu-img 10.0's entry_mergeable. Entries at the same depth
+// come from the same file, so comparing depths also compares file names.
 func mergeable(cur, next *MapEntry) bool {
+	return cur.Compressed == next.Compressed && mergeable72(cur, next)
+}
+
+// mergeable72 is qemu-img 7.2's entry_mergeable, blind to compression.
+// 10.0's rule only adds a condition, and both merge greedily from the
+// left, so merging 10.0's entries again by this rule gives 7.2's entries.
+func mergeable72(cur, next *MapEntry) bool {
 	if cur.Length == 0 {
 		return false
 	}
@@ -37,7 +47,8 @@ func mergeable(cur, next *MapEntry) bool {
 }
 
 // Map calls fn for each map entry of the guest range [start, start+length)
-// (clipped to the chain's size), in order, merged as qemu-img merges them.
+// (clipped to the chain's size), in order, merged as qemu-img 10.0 merges
+// them (WriteMapJSON merges again for 7.2's layout).
 // fn must not keep the pointer. Large ranges are walked by several
 // goroutines, window by window; the entries reach fn in order all the same.
 func (c *Chain) Map(start, length uint64, fn func(*MapEntry) error) error {
@@ -86,7 +97,8 @@ func (c *Chain) mapRange(w *Walker, pos, end uint64, cur *MapEntry, fn func(*Map
 		if err != nil {
 			return err
 		}
-		next := MapEntry{Start: pos, Length: s.Length, Depth: s.Depth, Present: s.Present, Zero: s.Zero, Data: s.Data, HasOffset: s.HasOffset, Offset: s.Offset}
+		next := MapEntry{Start: pos, Length: s.Length, Depth: s.Depth, Present: s.Present, Zero: s.Zero, Data: s.Data,
+			Compressed: s.Present && s.Extent.Type == Compressed, HasOffset: s.HasOffset, Offset: s.Offset}
 		pos += s.Length
 		if mergeable(cur, &next) {
 			cur.Length += next.Length
@@ -178,8 +190,9 @@ func (c *Chain) mapParallel(start, end, win uint64, workers int, fn func(*MapEnt
 // merging loop.
 var entryBufs sync.Pool
 
-// AppendJSON appends the entry as qemu-img prints it in --output=json.
-func (e *MapEntry) AppendJSON(b []byte) []byte {
+// AppendJSON appends the entry as qemu-img of the given layout prints it
+// in --output=json.
+func (e *MapEntry) AppendJSON(b []byte, l Layout) []byte {
 	b = append(b, `{ "start": `...)
 	b = strconv.AppendUint(b, e.Start, 10)
 	b = append(b, `, "length": `...)
@@ -192,6 +205,10 @@ func (e *MapEntry) AppendJSON(b []byte) []byte {
 	b = strconv.AppendBool(b, e.Zero)
 	b = append(b, `, "data": `...)
 	b = strconv.AppendBool(b, e.Data)
+	if l != LayoutQemu72 {
+		b = append(b, `, "compressed": `...)
+		b = strconv.AppendBool(b, e.Compressed)
+	}
 	if e.HasOffset {
 		b = append(b, `, "offset": `...)
 		b = strconv.AppendUint(b, e.Offset, 10)
@@ -200,12 +217,12 @@ func (e *MapEntry) AppendJSON(b []byte) []byte {
 }
 
 // WriteMapJSON writes the map of [start, start+length) as
-// `qemu-img map --output=json` does, byte for byte.
-func (c *Chain) WriteMapJSON(w io.Writer, start, length uint64) error {
+// `qemu-img map --output=json` of opts.Layout does, byte for byte.
+func (c *Chain) WriteMapJSON(w io.Writer, start, length uint64, opts OutputOptions) error {
 	bw := bufio.NewWriterSize(w, 256<<10)
 	buf := make([]byte, 0, 160)
 	first := true
-	err := c.Map(start, length, func(e *MapEntry) error {
+	write := func(e *MapEntry) error {
 		buf = buf[:0]
 		if first {
 			buf = append(buf, '[')
@@ -213,10 +230,33 @@ func (c *Chain) WriteMapJSON(w io.Writer, start, length uint64) error {
 		} else {
 			buf = append(buf, ",\n"...)
 		}
-		buf = e.AppendJSON(buf)
+		buf = e.AppendJSON(buf, opts.Layout)
 		_, err := bw.Write(buf)
 		return err
-	})
+	}
+	var err error
+	if opts.Layout == LayoutQemu72 {
+		// 7.2 merges compressed and other offset-less data alike.
+		var cur MapEntry
+		err = c.Map(start, length, func(e *MapEntry) error {
+			if mergeable72(&cur, e) {
+				cur.Length += e.Length
+				return nil
+			}
+			if cur.Length > 0 {
+				if err := write(&cur); err != nil {
+					return err
+				}
+			}
+			cur = *e
+			return nil
+		})
+		if err == nil && cur.Length > 0 {
+			err = write(&cur)
+		}
+	} else {
+		err = c.Map(start, length, write)
+	}
 	if err != nil {
 		return err
 	}
@@ -240,7 +280,8 @@ func cHex(v uint64) string {
 }
 
 // WriteMapHuman writes the map as `qemu-img map` prints it by default:
-// only data ranges, with the file that holds them.
+// only data ranges, with the file that holds them. At data it cannot
+// print it stops with ErrMapHuman, after the lines before it, as qemu-img.
 func (c *Chain) WriteMapHuman(w io.Writer, start, length uint64) error {
 	bw := bufio.NewWriterSize(w, 256<<10)
 	fmt.Fprintf(bw, "%-16s%-16s%-16s%s\n", "Offset", "Length", "Mapped to", "File")
@@ -257,6 +298,11 @@ func (c *Chain) WriteMapHuman(w io.Writer, start, length uint64) error {
 		}
 		return nil
 	})
+	if errors.Is(err, ErrMapHuman) {
+		// qemu-img has printed the lines before the one it refuses.
+		bw.Flush()
+		return err
+	}
 	if err != nil {
 		return err
 	}

@@ -113,7 +113,7 @@ func TestUnknownIncompatibleFeature(t *testing.T) {
 	b := minimalImage()
 	binary.BigEndian.PutUint64(b[72:], 1<<40)
 	c := openBytes(t, b)
-	if _, err := Info(c.Layers[0], false); err != nil {
+	if _, err := Info(c.Layers[0], false, OutputOptions{}); err != nil {
 		t.Fatalf("info must still work: %v", err)
 	}
 	_, err := c.ReadAt(make([]byte, 512), 0)

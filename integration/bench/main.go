@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -10,6 +11,8 @@ import (
 	"runtime"
 	"strings"
 	"time"
+
+	"github.com/qchain/qchain/fixtures"
 )
 
 // memGoalKiB is the peak-memory goal for qchain: under 64 MiB.
@@ -46,6 +49,22 @@ type Result struct {
 	MemOK        bool
 }
 
+// compatFlags returns the qchain flags that print the layout of the
+// qemu-img on PATH, whose output qchain's is compared with: none for 10.x,
+// --compat=7.2 for 7.x.
+func compatFlags() ([]string, error) {
+	v, err := fixtures.QemuImgVersion(context.Background())
+	switch {
+	case err != nil:
+		return nil, err
+	case v.Major >= 10:
+		return nil, nil
+	case v.Major == 7:
+		return []string{"--compat=7.2"}, nil
+	}
+	return nil, fmt.Errorf("qemu-img %s on PATH: qchain prints the layouts of 7.2 and 10.0 only", v)
+}
+
 func main() {
 	if os.Getenv(launcherEnv) != "" {
 		os.Exit(launch())
@@ -77,6 +96,11 @@ func run() int {
 			fmt.Fprintf(os.Stderr, "bench: %s not found (make deps installs it)\n", tool)
 			return 2
 		}
+	}
+	compat, err := compatFlags()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 2
 	}
 
 	chainSpec := ImageSpec{Label: "chain", Layers: 10, Writes: 5000, VirtualSize: 64 << 30, Seed: 1}
@@ -139,6 +163,9 @@ func run() int {
 	for _, c := range cases {
 		r := &Result{Case: c}
 		qArgv := append([]string{qchain}, c.Sub...)
+		if len(c.Sub) > 0 && (c.Sub[0] == "info" || c.Sub[0] == "map" || c.Sub[0] == "check") {
+			qArgv = append(append([]string{qchain, c.Sub[0]}, compat...), c.Sub[1:]...)
+		}
 		mArgv := append([]string{"qemu-img"}, c.Sub...)
 		what := "process start-up and exit, no image"
 		if c.Image != nil {
