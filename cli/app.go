@@ -55,6 +55,7 @@ func NewApp(stdout, stderr io.Writer) *cli.App {
 			whoUsesCommand(),
 			createCommand(),
 			rebaseCommand(),
+			imageSnapshotCommand(),
 		},
 	}
 	app.Commands = append(app.Commands, blockCommands()...)
