@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strings"
 )
 
 // ApplyStage names one kind of write ApplySnapshot makes, in the order it
@@ -60,10 +61,6 @@ type ApplyResult struct {
 	Resized bool
 	// FreedClusters counts host clusters no table reaches any more.
 	FreedClusters uint64
-	// Bitmaps names the image's persistent dirty bitmaps. Like qemu-img,
-	// ApplySnapshot leaves them as they are, so they no longer describe
-	// what changed since they were started.
-	Bitmaps []string
 }
 
 // ApplySnapshot reverts a qcow2 image to its internal snapshot key (an ID
@@ -74,10 +71,11 @@ type ApplyResult struct {
 // The image must not be in use: QEMU's lock bytes are held for the whole
 // operation. It must pass qchain's check with no corruption (leaks are
 // allowed), must not be dirty (lazy refcounts) or marked corrupt, and must
-// not use an external data file (QEMU refuses those too). A snapshot whose
-// L1 table is larger than the active one is refused (QEMU would grow the
-// active table; qchain does not allocate), and so is one of a different
-// virtual size on an image with bitmaps.
+// not use an external data file or hold persistent dirty bitmaps (QEMU
+// refuses both: a revert would leave a bitmap describing changes the image
+// no longer has). A snapshot whose L1 table is larger than the active one
+// is refused too (QEMU would grow the active table; qchain does not
+// allocate).
 //
 // The writes are ordered so that an interruption at any point leaves an
 // image that qemu-img check finds clean apart from leaked clusters: COPIED
@@ -179,13 +177,14 @@ func (a *applier) plan(key string) (*applyPlan, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, b := range bms {
-		p.res.Bitmaps = append(p.res.Bitmaps, b.Name)
+	if len(bms) > 0 {
+		names := make([]string, len(bms))
+		for i, b := range bms {
+			names[i] = b.Name
+		}
+		return nil, fmt.Errorf("%w: the image has dirty bitmaps (%s), which a revert would leave describing changes it no longer has; QEMU refuses too (\"Device has active dirty bitmaps\"): remove them first (qemu-img bitmap --remove)", ErrUnsupported, strings.Join(names, ", "))
 	}
 	if sn.DiskSize != q.VirtualSize() {
-		if len(bms) > 0 {
-			return nil, fmt.Errorf("%w: snapshot %s has a different virtual size (%d) and the image has bitmaps, which would need resizing", ErrUnsupported, sn.ID, sn.DiskSize)
-		}
 		p.res.Resized = true
 		p.newSize = sn.DiskSize
 	}
@@ -255,6 +254,9 @@ func (a *applier) plan(key string) (*applyPlan, error) {
 	}
 	sort.Slice(p.clearCopied, func(i, j int) bool { return p.clearCopied[i] < p.clearCopied[j] })
 	if err := a.planRefcounts(p, delta); err != nil {
+		if errors.Is(err, errRefcountOverflow) && res.Leaks > 0 {
+			return nil, fmt.Errorf("%w; the image leaks %d clusters, an earlier interruption maybe: qemu-img check -r leaks gives them back", err, res.Leaks)
+		}
 		return nil, err
 	}
 	return p, nil
@@ -369,7 +371,7 @@ func (a *applier) planRefcounts(p *applyPlan, delta map[uint64]int64) error {
 			return formatErr(int64(c*a.cs), "cluster %#x is in use but has refcount 0", c*a.cs)
 		}
 		if uint64(d) > maxRef-old {
-			return fmt.Errorf("%w: the refcount of cluster %#x would exceed %d (refcount_bits=%d)", ErrUnsupported, c*a.cs, maxRef, 1<<order)
+			return fmt.Errorf("%w: %w: the refcount of cluster %#x would exceed %d (refcount_bits=%d)", ErrUnsupported, errRefcountOverflow, c*a.cs, maxRef, 1<<order)
 		}
 		putRefcountEntry(b, order, idx, old+uint64(d))
 	}
@@ -508,6 +510,9 @@ func (a *applier) write(p *applyPlan) error {
 	}
 	return nil
 }
+
+// errRefcountOverflow marks a refcount that would not fit its width.
+var errRefcountOverflow = errors.New("refcount overflow")
 
 // headerSizeOffset is the offset of the virtual size in the qcow2 header.
 const headerSizeOffset = 24

@@ -175,6 +175,11 @@ func TestApplySnapshotRefusals(t *testing.T) {
 		{"dirty", "s1", setHeaderBit(IncompatDirty), nil},
 		{"corrupt", "s1", setHeaderBit(IncompatCorrupt), ErrCorrupt},
 		{"raw", "s1", func(t *testing.T, name string) { os.WriteFile(name, make([]byte, 1<<20), 0o644) }, ErrNotQcow2},
+		{"bitmaps", "s1", func(t *testing.T, name string) {
+			if out, err := exec.Command("qemu-img", "bitmap", "--add", name, "b0").CombinedOutput(); err != nil {
+				t.Fatalf("qemu-img bitmap: %v\n%s", err, out)
+			}
+		}, ErrUnsupported},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			name := filepath.Join(t.TempDir(), "img")

@@ -16,7 +16,7 @@ const (
 var ErrSnapshotNotFound = errors.New("qcow2: snapshot not found")
 
 // FindSnapshot returns the index in snaps of the snapshot key stands for,
-// looked up as qemu-img snapshot -a and -d look it up (QEMU's
+// looked up as qemu-img snapshot -a looks it up (QEMU's
 // find_snapshot_by_id_or_name): the first whose ID is key, else the first
 // whose name is key; -1 when there is none.
 func FindSnapshot(snaps []Snapshot, key string) int {
