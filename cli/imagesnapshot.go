@@ -23,16 +23,16 @@ func imageSnapshotCommand() *cli.Command {
 			"the entries of qemu-img info --output=json's \"snapshots\" array. -c and -d run on a\n" +
 			"private qemu-storage-daemon, -a natively; all three refuse an image another process\n" +
 			"holds, and a name that is empty, longer than 255 bytes or (for -c) already in use.\n" +
-			"-a and -d take an ID or a name (the ID wins), as qemu-img does.",
+			"As with qemu-img, -a takes an ID or a name (the ID wins), -d a name only.",
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "l", Aliases: []string{"list"}, Usage: "list the snapshots"},
 			&cli.StringFlag{Name: "c", Aliases: []string{"create"}, Usage: "create a snapshot called `NAME`"},
 			&cli.StringFlag{Name: "a", Aliases: []string{"apply"}, Usage: "revert the image to the snapshot `ID|NAME` (the snapshot stays)"},
-			&cli.StringFlag{Name: "d", Aliases: []string{"delete"}, Usage: "delete the snapshot `ID|NAME`"},
+			&cli.StringFlag{Name: "d", Aliases: []string{"delete"}, Usage: "delete the snapshot called `NAME`"},
 			outputFlag(),
 			&cli.StringFlag{Name: "format", Aliases: []string{"f"}, Usage: "image `FORMAT` (qcow2 or raw); probed when empty"},
 			&cli.BoolFlag{Name: "force-share", Aliases: []string{"U"}, Usage: "accepted with -l for qemu-img compatibility: -l never locks or writes"},
-			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no warnings"},
+			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "accepted for qemu-img compatibility: qchain prints nothing but -l's list and errors"},
 			&cli.StringFlag{Name: "compat", EnvVars: []string{"QCHAIN_COMPAT"}, Value: "10.0", Usage: "print -l in the layout of qemu-img `VERSION` (7.2 or 10.0)"},
 			&cli.StringFlag{Name: "storage-daemon", Usage: "qemu-storage-daemon `BINARY` for -c and -d", Value: "qemu-storage-daemon"},
 		},
@@ -96,15 +96,8 @@ func runImageSnapshot(c *cli.Context) error {
 		_, err := imagesnap.Delete(c.Context, name, key, opts)
 		return err
 	}
-	res, err := imagesnap.Apply(name, key)
-	if err != nil {
-		return err
-	}
-	if len(res.Bitmaps) > 0 && !c.Bool("quiet") {
-		fmt.Fprintf(c.App.ErrWriter, "qchain: warning: %s: the dirty bitmaps %s did not record the revert (qemu-img's do not either): an incremental backup based on them would miss it; make the next one full\n",
-			name, strings.Join(res.Bitmaps, ", "))
-	}
-	return nil
+	_, err = imagesnap.Apply(name, key)
+	return err
 }
 
 // snapshotLayout picks between the two layouts of qemu-img's snapshot

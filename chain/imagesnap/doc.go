@@ -13,9 +13,10 @@
 //     qcow2.ApplySnapshot, because QEMU has no QMP command for that on a
 //     daemon without a VM (loadvm and snapshot-load need one).
 //
-// Snapshots are named as qemu-img names them: Apply and Delete take an ID
-// or a name (the ID wins); Create takes a name, which must be new,
-// non-empty and at most qcow2.MaxSnapshotNameBytes long (QEMU would cut it).
+// Snapshots are named as qemu-img names them: Apply takes an ID or a name
+// (the ID wins), Delete a name only; Create takes a name, which must be
+// new, non-empty and at most qcow2.MaxSnapshotNameBytes long (QEMU would
+// cut it).
 // Every refusal is decided from the file before anything opens it for
 // writing, so a refused call leaves the image's bytes and mtime as they
 // were. An image another process holds (QEMU's lock bytes) is refused with

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -152,19 +153,20 @@ func Create(ctx context.Context, name, snapName string, opts Options) error {
 	return nil
 }
 
-// Delete deletes the internal snapshot key (an ID or, failing that, a
-// name) of the named qcow2 image, through
-// blockdev-snapshot-delete-internal-sync on a private qemu-storage-daemon,
-// and returns it as it was listed.
-func Delete(ctx context.Context, name, key string, opts Options) (*qcow2.SnapshotInfo, error) {
+// Delete deletes the first internal snapshot called snapName of the named
+// qcow2 image, through blockdev-snapshot-delete-internal-sync on a private
+// qemu-storage-daemon, and returns it as it was listed. Like qemu-img
+// snapshot -d (QEMU's bdrv_snapshot_find), it looks at names only, not
+// IDs.
+func Delete(ctx context.Context, name, snapName string, opts Options) (*qcow2.SnapshotInfo, error) {
 	const op = "delete"
 	snaps, err := snapshots(name)
 	if err != nil {
-		return nil, fail(op, name, key, err)
+		return nil, fail(op, name, snapName, err)
 	}
-	i := qcow2.FindSnapshot(snaps, key)
+	i := slices.IndexFunc(snaps, func(s qcow2.Snapshot) bool { return s.Name == snapName })
 	if i < 0 {
-		return nil, fail(op, name, key, qcow2.ErrSnapshotNotFound)
+		return nil, fail(op, name, snapName, qcow2.ErrSnapshotNotFound)
 	}
 	// QEMU matches the listed (cut) ID and name; both together name
 	// exactly this snapshot even where names repeat.
@@ -174,7 +176,7 @@ func Delete(ctx context.Context, name, key string, opts Options) (*qcow2.Snapsho
 		return err
 	})
 	if err != nil {
-		return nil, fail(op, name, key, err)
+		return nil, fail(op, name, snapName, err)
 	}
 	return &info, nil
 }

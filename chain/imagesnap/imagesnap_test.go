@@ -85,7 +85,10 @@ func TestCreateApplyDelete(t *testing.T) {
 	if _, err := Delete(ctx, img, "nope", Options{}); !errors.Is(err, qcow2.ErrSnapshotNotFound) || !strings.HasSuffix(err.Error(), ": could not delete snapshot 'nope': snapshot not found") {
 		t.Errorf("deleting a missing snapshot: %v", err)
 	}
-	deleted, err := Delete(ctx, img, "1", Options{})
+	if _, err := Delete(ctx, img, "1", Options{}); !errors.Is(err, qcow2.ErrSnapshotNotFound) {
+		t.Errorf("-d looks at names only, as qemu-img: deleting \"1\": %v", err)
+	}
+	deleted, err := Delete(ctx, img, "s1", Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
