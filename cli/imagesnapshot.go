@@ -22,7 +22,7 @@ func imageSnapshotCommand() *cli.Command {
 			"qemu-img snapshot -l's layout (10.0's; --compat=7.2 for 7.2's); --output=json prints\n" +
 			"the entries of qemu-img info --output=json's \"snapshots\" array. -c and -d run on a\n" +
 			"private qemu-storage-daemon, -a natively; all three refuse an image another process\n" +
-			"holds, and a name that is empty, longer than 255 bytes or (for -c) already in use.\n" +
+			"holds; -c refuses a name that is empty, longer than 255 bytes or already in use.\n" +
 			"As with qemu-img, -a takes an ID or a name (the ID wins), -d a name only.",
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "l", Aliases: []string{"list"}, Usage: "list the snapshots"},
