@@ -148,6 +148,11 @@ func (a *applier) plan(key string) (*applyPlan, error) {
 	if u := h.UnknownIncompatible(); u != 0 {
 		return nil, fmt.Errorf("%w: unknown incompatible features %s", ErrUnsupported, h.featureNames(u))
 	}
+	if u := h.AutoclearFeatures &^ (AutoclearBitmaps | AutoclearDataRaw); u != 0 {
+		// The spec lets a writer that does not know them only clear them;
+		// refusing keeps whatever they vouch for intact.
+		return nil, fmt.Errorf("%w: unknown autoclear features %#x", ErrUnsupported, u)
+	}
 	if h.IncompatibleFeatures&IncompatCorrupt != 0 {
 		return nil, fmt.Errorf("%w: the image is marked corrupt; repair it first (qemu-img check -r all)", ErrCorrupt)
 	}

@@ -175,6 +175,14 @@ func TestApplySnapshotRefusals(t *testing.T) {
 		{"dirty", "s1", setHeaderBit(IncompatDirty), nil},
 		{"corrupt", "s1", setHeaderBit(IncompatCorrupt), ErrCorrupt},
 		{"raw", "s1", func(t *testing.T, name string) { os.WriteFile(name, make([]byte, 1<<20), 0o644) }, ErrNotQcow2},
+		{"unknown-autoclear", "s1", func(t *testing.T, name string) {
+			b, err := os.ReadFile(name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b[95] |= 0x04 // autoclear bit 2: nobody's
+			os.WriteFile(name, b, 0o644)
+		}, ErrUnsupported},
 		{"bitmaps", "s1", func(t *testing.T, name string) {
 			if out, err := exec.Command("qemu-img", "bitmap", "--add", name, "b0").CombinedOutput(); err != nil {
 				t.Fatalf("qemu-img bitmap: %v\n%s", err, out)
