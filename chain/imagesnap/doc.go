@@ -25,8 +25,10 @@
 // Errors are *Error values: one line naming the image, the operation and
 // the snapshot, worded as qemu-img words them ("could not delete snapshot
 // 'x': snapshot not found"); errors.Is finds the sentinel behind them
-// (qcow2.ErrSnapshotNotFound, ErrNameInUse, ErrBadName, qcow2.ErrInUse,
-// qcow2.ErrNotQcow2, qmp.ErrNoBinary).
+// (qcow2.ErrSnapshotNotFound, ErrNameInUse, ErrBadName, ErrEncrypted,
+// qcow2.ErrInUse, qcow2.ErrNotQcow2, qmp.ErrNoBinary). Create and Delete
+// refuse encrypted images, which the daemon could not open without their
+// key; Apply needs no key (it touches only unencrypted metadata).
 //
 // # Security
 //

@@ -74,6 +74,8 @@ func fail(op, image, snap string, err error) error {
 		reason = "the image is in use by another process (it holds QEMU's image lock); stop that process first"
 	case errors.Is(err, qcow2.ErrNotQcow2):
 		reason = "not a qcow2 image (raw images have no internal snapshots)"
+	case errors.Is(err, ErrEncrypted):
+		reason = strings.TrimPrefix(reason, ErrEncrypted.Error()+": ")
 	case errors.Is(err, qmp.ErrNoBinary):
 		reason = "this needs qemu-storage-daemon (Debian's qemu-system-common): " + err.Error()
 	case errors.As(err, &qe):
@@ -114,13 +116,21 @@ func CheckName(name string) error {
 	return nil
 }
 
-// snapshots reads the image's snapshot table.
-func snapshots(name string) ([]qcow2.Snapshot, error) {
+// ErrEncrypted reports an encrypted image to Create or Delete: the storage
+// daemon would need its key to open it, and qchain takes none.
+var ErrEncrypted = errors.New("imagesnap: encrypted image")
+
+// snapshotsForDaemon reads the table of an image the storage daemon is
+// about to open, refusing what it could not open.
+func snapshotsForDaemon(name string) ([]qcow2.Snapshot, error) {
 	f, err := qcow2.Open(name)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
+	if f.Header.CryptMethod != qcow2.CryptNone {
+		return nil, fmt.Errorf("%w: the image is encrypted, and the storage daemon would need its key, which qchain does not take (qemu-img snapshot --object secret,... can; -a needs no key)", ErrEncrypted)
+	}
 	return f.Snapshots()
 }
 
@@ -134,7 +144,7 @@ func Create(ctx context.Context, name, snapName string, opts Options) error {
 	if err := CheckName(snapName); err != nil {
 		return &Error{Op: op, Image: name, Snapshot: snapName, Reason: strings.TrimPrefix(err.Error(), ErrBadName.Error()+": "), Err: err}
 	}
-	snaps, err := snapshots(name)
+	snaps, err := snapshotsForDaemon(name)
 	if err != nil {
 		return fail(op, name, snapName, err)
 	}
@@ -160,7 +170,7 @@ func Create(ctx context.Context, name, snapName string, opts Options) error {
 // IDs.
 func Delete(ctx context.Context, name, snapName string, opts Options) (*qcow2.SnapshotInfo, error) {
 	const op = "delete"
-	snaps, err := snapshots(name)
+	snaps, err := snapshotsForDaemon(name)
 	if err != nil {
 		return nil, fail(op, name, snapName, err)
 	}
