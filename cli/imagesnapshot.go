@@ -1,11 +1,15 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"math"
+	"os"
+	"os/signal"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/qchain/qchain/chain/imagesnap"
@@ -89,15 +93,38 @@ func runImageSnapshot(c *cli.Context) error {
 		return fmt.Errorf("%s: could not %s snapshot '%s': a raw image has no internal snapshots", name, verb, key)
 	}
 	opts := imagesnap.Options{StorageDaemon: c.String("storage-daemon")}
+	// Each action is short and leaves the image consistent only when it
+	// ends: a Ctrl-C waits for it (killing qchain would kill the storage
+	// daemon, or stop a revert, half-way).
+	defer holdSignals(c.App.ErrWriter)()
 	switch action {
 	case "c":
-		return imagesnap.Create(c.Context, name, key, opts)
+		return imagesnap.Create(context.Background(), name, key, opts)
 	case "d":
-		_, err := imagesnap.Delete(c.Context, name, key, opts)
+		_, err := imagesnap.Delete(context.Background(), name, key, opts)
 		return err
 	}
 	_, err = imagesnap.Apply(name, key)
 	return err
+}
+
+// holdSignals keeps SIGINT and SIGTERM from ending the process until the
+// returned function is called; it notes on w that one came.
+func holdSignals(w io.Writer) func() {
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, os.Interrupt, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		select {
+		case sig := <-ch:
+			fmt.Fprintf(w, "qchain: %v: finishing the snapshot operation first\n", sig)
+		case <-done:
+		}
+	}()
+	return func() {
+		signal.Stop(ch)
+		close(done)
+	}
 }
 
 // snapshotLayout picks between the two layouts of qemu-img's snapshot
