@@ -56,6 +56,7 @@ func NewApp(stdout, stderr io.Writer) *cli.App {
 			createCommand(),
 			rebaseCommand(),
 			bitmapCommand(),
+			imageSnapshotCommand(),
 		},
 	}
 	app.Commands = append(app.Commands, blockCommands()...)

@@ -8,7 +8,11 @@
 // resolves them; the guest-visible content of a chain as an io.ReaderAt;
 // allocation extents; and a consistency check equal to `qemu-img check`.
 //
-// Open and OpenChain never write. Values shaped like qemu-img's JSON
+// Open and OpenChain never write. The writers (Create, Rebase and
+// ApplySnapshot, which reverts an image to an internal snapshot) write only
+// files no process holds, under QEMU's own lock bytes, and ApplySnapshot
+// only after Check finds the image free of corruption. Values shaped like
+// qemu-img's JSON
 // (ImageInfo, MapEntry, CheckResult) marshal to the same keys and values as
 // qemu-img with --output=json, and WriteInfoHuman and WriteMapHuman print
 // its default text. OutputOptions.Layout picks the release reproduced:

@@ -7,8 +7,9 @@ import (
 	"syscall"
 )
 
-// ErrInUse reports an image that another process (a running QEMU,
-// qemu-img, a storage daemon) holds through QEMU's lock bytes.
+// ErrInUse reports an image that another process has open for use: a
+// QEMU (qemu-system, qemu-img, qemu-storage-daemon, qemu-nbd) holds one of
+// its lock bytes.
 var ErrInUse = errors.New("in use by another process (qemu holds its lock)")
 
 // fOFDGetlk is F_OFD_GETLK: which lock, if any, would block one we ask
@@ -17,8 +18,11 @@ const fOFDGetlk = 36
 
 // CheckNotInUse returns an error wrapping ErrInUse when another process
 // holds any of QEMU's lock bytes of the file name, so that a writer can
-// refuse before it starts. It takes the locks exclusively for a moment,
-// as a writer of the file would, and writes nothing.
+// refuse before it starts. It takes the lock bytes and releases them at
+// once, and so changes nothing in the file; the file must be writable. A
+// process may still open the image right after: writers that need the
+// image to themselves hold the locks (or, like qemu-storage-daemon, take
+// them) for as long as they work.
 func CheckNotInUse(name string) error {
 	f, err := os.OpenFile(name, os.O_RDWR, 0)
 	if err != nil {
@@ -27,9 +31,6 @@ func CheckNotInUse(name string) error {
 	defer f.Close()
 	release, err := lockImage(f)
 	if err != nil {
-		if held, herr := heldByOther(f); herr == nil && held {
-			return fmt.Errorf("%s: %w", name, ErrInUse)
-		}
 		return err
 	}
 	release()

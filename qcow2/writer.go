@@ -270,7 +270,7 @@ func lockImage(f *os.File) (func(), error) {
 	lk := syscall.Flock_t{Type: syscall.F_WRLCK, Whence: 0, Start: qemuLockFirst, Len: qemuLockLen}
 	if err := syscall.FcntlFlock(f.Fd(), fOFDSetlk, &lk); err != nil {
 		if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EACCES) {
-			return nil, fmt.Errorf("%s is in use by another process (qemu holds its lock)", f.Name())
+			return nil, fmt.Errorf("%s: %w", f.Name(), ErrInUse)
 		}
 		return nil, fmt.Errorf("%s: locking: %w", f.Name(), err)
 	}
