@@ -42,7 +42,7 @@ func TestSnapshotInfo(t *testing.T) {
 	}
 }
 
-func TestCheckNotInUse(t *testing.T) {
+func TestCheckNotInUseRelease(t *testing.T) {
 	name := filepath.Join(t.TempDir(), "img.qcow2")
 	if err := Create(name, CreateOptions{Size: 1 << 20}); err != nil {
 		t.Fatal(err)
