@@ -106,33 +106,82 @@ func writeNodeHeader(w *bufio.Writer, indent string, protocol bool, name, format
 		indent, image, name, indent, ftype, format, indent, length, sizeToStr(size), size, indent, disk)
 }
 
+// WriteSnapshotList prints an image's internal snapshots as `qemu-img
+// snapshot -l` of the layout's release does: "Snapshot list:" and the
+// table, nothing at all when there are none.
+func WriteSnapshotList(w io.Writer, snaps []SnapshotInfo, opts OutputOptions) error {
+	if len(snaps) == 0 {
+		return nil
+	}
+	bw := bufio.NewWriter(w)
+	bw.WriteString("Snapshot list:\n")
+	writeSnapshotTable(bw, snaps, opts.Layout)
+	return bw.Flush()
+}
+
 // writeSnapshotTable prints the snapshot list as bdrv_snapshot_dump of
 // the layout's release: 10.0 widened the clock, renamed two columns and
-// prints "--" for a snapshot without an instruction count.
+// prints "--" for a snapshot without an instruction count. Strings are
+// padded by bytes, as C's printf pads them (fmt pads by runes).
 func writeSnapshotTable(w *bufio.Writer, snaps []SnapshotInfo, layout Layout) {
-	if layout == LayoutQemu72 {
-		fmt.Fprintf(w, "%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT")
-	} else {
-		fmt.Fprintf(w, "%-7s %-16s %8s %19s %15s %10s\n", "ID", "TAG", "VM_SIZE", "DATE", "VM_CLOCK", "ICOUNT")
+	w.WriteString(snapshotRow(nil, layout))
+	w.WriteByte('\n')
+	for i := range snaps {
+		w.WriteString(snapshotRow(&snaps[i], layout))
+		w.WriteByte('\n')
 	}
-	for _, s := range snaps {
-		date := time.Unix(int64(s.DateSec), 0).Format("2006-01-02 15:04:05")
-		h, m, sec, ms := s.VMClockSec/3600, s.VMClockSec/60%60, s.VMClockSec%60, s.VMClockNsec/1e6
-		icount := ""
-		if s.Icount != nil {
-			icount = strconv.FormatUint(*s.Icount, 10)
-		}
+}
+
+// snapshotRow is QEMU's bdrv_snapshot_dump: the header for nil, else one
+// snapshot.
+func snapshotRow(s *SnapshotInfo, layout Layout) string {
+	var id, tag, size, date, clock, icount string
+	if s == nil {
+		id, tag, size, date, clock, icount = "ID", "TAG", "VM_SIZE", "DATE", "VM_CLOCK", "ICOUNT"
 		if layout == LayoutQemu72 {
-			clock := fmt.Sprintf("%02d:%02d:%02d.%03d", h, m, sec, ms)
-			fmt.Fprintf(w, "%-9s %-16s %8s%20s%13s%11s\n", s.ID, s.Name, sizeToStr(s.VMStateSize), date, clock, icount)
-			continue
+			size, clock = "VM SIZE", "VM CLOCK"
 		}
-		if icount == "" {
+	} else {
+		id, tag = s.ID, s.Name
+		size = sizeToStr(s.VMStateSize)
+		date = time.Unix(int64(s.DateSec), 0).Format("2006-01-02 15:04:05")
+		secs := s.VMClockSec
+		h, m, sec, ms := int32(secs/3600), int32(secs/60%60), int32(secs%60), int32(s.VMClockNsec/1e6%1000)
+		if layout == LayoutQemu72 {
+			clock = fmt.Sprintf("%02d:%02d:%02d.%03d", h, m, sec, ms)
+		} else {
+			clock = fmt.Sprintf("%04d:%02d:%02d.%03d", h, m, sec, ms)
+		}
+		switch {
+		case s.Icount != nil:
+			icount = strconv.FormatInt(int64(*s.Icount), 10) // PRId64
+		case layout != LayoutQemu72:
 			icount = "--"
 		}
-		clock := fmt.Sprintf("%04d:%02d:%02d.%03d", h, m, sec, ms)
-		fmt.Fprintf(w, "%-7s %-16s %8s %19s %15s %10s\n", s.ID, s.Name, sizeToStr(s.VMStateSize), date, clock, icount)
 	}
+	if layout == LayoutQemu72 {
+		if s == nil { // "%-10s%-17s%8s%20s%13s%11s"
+			return padRight(id, 10) + padRight(tag, 17) + padLeft(size, 8) + padLeft(date, 20) + padLeft(clock, 13) + padLeft(icount, 11)
+		}
+		// "%-9s %-16s %8s%20s%13s%11s"
+		return padRight(id, 9) + " " + padRight(tag, 16) + " " + padLeft(size, 8) + padLeft(date, 20) + padLeft(clock, 13) + padLeft(icount, 11)
+	}
+	// "%-7s %-16s %8s %19s %15s %10s", header and rows alike
+	return padRight(id, 7) + " " + padRight(tag, 16) + " " + padLeft(size, 8) + " " + padLeft(date, 19) + " " + padLeft(clock, 15) + " " + padLeft(icount, 10)
+}
+
+func padRight(s string, n int) string {
+	if len(s) >= n {
+		return s
+	}
+	return s + strings.Repeat(" ", n-len(s))
+}
+
+func padLeft(s string, n int) string {
+	if len(s) >= n {
+		return s
+	}
+	return strings.Repeat(" ", n-len(s)) + s
 }
 
 // sizeSuffixes are size_to_str's units.

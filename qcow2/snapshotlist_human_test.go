@@ -1,18 +1,16 @@
-package cli
+package qcow2
 
 import (
 	"bytes"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/qchain/qchain/qcow2"
 )
 
-// TestQemuSizeToStr compares with what qemu-img 7.2 printed as the
+// TestSizeToStrQemu compares with what qemu-img 7.2 printed as the
 // virtual size of images of these sizes (qemu-img info's human output
 // goes through the same size_to_str).
-func TestQemuSizeToStr(t *testing.T) {
+func TestSizeToStrQemu(t *testing.T) {
 	for _, tc := range []struct {
 		n    uint64
 		want string
@@ -24,21 +22,21 @@ func TestQemuSizeToStr(t *testing.T) {
 		{1572864, "1.5 MiB"}, {123456512, "118 MiB"}, {1 << 30, "1 GiB"},
 		{1 << 40, "1 TiB"}, {1125899906842112, "1 PiB"},
 	} {
-		if got := qemuSizeToStr(tc.n); got != tc.want {
-			t.Errorf("qemuSizeToStr(%d) = %q, want %q", tc.n, got, tc.want)
+		if got := sizeToStr(tc.n); got != tc.want {
+			t.Errorf("sizeToStr(%d) = %q, want %q", tc.n, got, tc.want)
 		}
 	}
 }
 
-// TestSnapshotTable compares with tables qemu-img 7.2 and 10.0 printed
+// TestWriteSnapshotList compares with tables qemu-img 7.2 and 10.0 printed
 // (TZ=UTC): a snapshot of qemu-img -c (icount 0), one of savevm (VM state,
 // no icount), one a storage daemon took (its clock in hours since 1970),
 // and a name with multi-byte characters, padded by bytes as C pads.
-func TestSnapshotTable(t *testing.T) {
+func TestWriteSnapshotList(t *testing.T) {
 	defer func(l *time.Location) { time.Local = l }(time.Local)
 	time.Local = time.UTC
 	zero := uint64(0)
-	snaps := []qcow2.SnapshotInfo{
+	snaps := []SnapshotInfo{
 		{ID: "1", Name: "s1", DateSec: 1795995065, Icount: &zero},
 		{ID: "2", Name: "vm1", VMStateSize: 765, DateSec: 1795995309, VMClockNsec: 704261},
 		{ID: "3", Name: "s2", DateSec: 1795995605, VMClockSec: 1795995605, VMClockNsec: 58000000},
@@ -57,31 +55,18 @@ func TestSnapshotTable(t *testing.T) {
 		"3       s2                    0 B 2026-11-29 23:40:05 498887:40:05.058         --\n" +
 		"4       snäp" + strings.Repeat(" ", 17) + "0 B 2026-11-29 23:31:05  0000:00:00.000          0\n"
 	for _, tc := range []struct {
-		layout snapshotLayout
+		layout Layout
 		want   string
-	}{{snapshotLayout72, want72}, {snapshotLayout90, want100}} {
+	}{{LayoutQemu72, want72}, {LayoutQemu10, want100}} {
 		var b bytes.Buffer
-		writeSnapshotList(&b, snaps, tc.layout)
+		WriteSnapshotList(&b, snaps, OutputOptions{Layout: tc.layout})
 		if b.String() != tc.want {
 			t.Errorf("layout %d:\n%s\nwant:\n%s", tc.layout, b.String(), tc.want)
 		}
 	}
 	var b bytes.Buffer
-	writeSnapshotList(&b, nil, snapshotLayout90)
+	WriteSnapshotList(&b, nil, OutputOptions{})
 	if b.Len() != 0 {
 		t.Errorf("no snapshots must print nothing, got %q", b.String())
-	}
-}
-
-func TestSnapshotTableLayout(t *testing.T) {
-	for compat, want := range map[string]snapshotLayout{"7.2": snapshotLayout72, "8.2": snapshotLayout72, "9.0": snapshotLayout90, "10.0": snapshotLayout90} {
-		if got, err := snapshotTableLayout(compat); err != nil || got != want {
-			t.Errorf("%s: %v %v", compat, got, err)
-		}
-	}
-	for _, bad := range []string{"", "10", "x.y", "latest"} {
-		if _, err := snapshotTableLayout(bad); err == nil {
-			t.Errorf("%q accepted", bad)
-		}
 	}
 }
