@@ -1,9 +1,5 @@
 package qcow2
 
-import (
-	"fmt"
-)
-
 // ImageInfo is what `qemu-img info --output=json` prints for one image;
 // it marshals to the same keys, present or absent as qemu-img 7.2 has them.
 type ImageInfo struct {
@@ -197,7 +193,7 @@ func (c *Chain) ChainInfo() ([]*ImageInfo, error) {
 	for i, l := range c.Layers {
 		info, err := Info(l, c.Probed[i])
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", l.Filename(), err)
+			return nil, withFile(l.Filename(), err)
 		}
 		out = append(out, info)
 	}
