@@ -112,6 +112,11 @@ func runLiveCases(t *testing.T, kind vmKind) {
 			if jobs := vm.jobs(t); len(jobs) != 0 {
 				t.Errorf("jobs left in QEMU: %+v", jobs)
 			}
+			if tc.dest != "" && strings.Contains(vm.stderr.String(), "Formatting") {
+				// QEMU created DEST and said so on its own output, which is
+				// often qchain's terminal: qchain creates it.
+				t.Errorf("qchain %v let QEMU create DEST:\n%s", args, vm.stderr)
+			}
 			// What QEMU now uses, as qchain disks reports it.
 			r := mustQchain(t, bin, c.dir, "disks", "--qmp", vm.sock, "--output=json")
 			if got := disksTop(t, r.Stdout, vm.disk); got != tc.top {
