@@ -2,6 +2,7 @@ package chain
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -68,6 +69,11 @@ func (m *Manager) CreateSnapshot(vmName, name, description string, quiesce bool)
 			// disk switched, so the new overlays are removed and the
 			// operation is undone rather than left to recover.
 			if rerr := m.rollbackCreate(l, j, ex.Live); rerr == nil {
+				// Nothing is left to recover: no recovery hint.
+				var se *StepError
+				if errors.As(err, &se) {
+					return fmt.Errorf("VM %s: snapshot %s not taken (the new overlays were removed): step %d (%s): %w", vm.Name, name, se.Index+1, se.Step, se.Err)
+				}
 				return fmt.Errorf("VM %s: snapshot %s not taken (the new overlays were removed): %w", vm.Name, name, err)
 			}
 		}

@@ -126,6 +126,23 @@ func (l *Locked) dropJournal() error {
 	return syncDir(filepath.Dir(l.journalPath()))
 }
 
+// StepError reports a journal step that failed: the operation stays
+// journaled for Recover.
+type StepError struct {
+	VM, Op, Snapshot string
+	// Index is the step's index in the journal (0-based).
+	Index int
+	Step  Step
+	Err   error
+}
+
+func (e *StepError) Error() string {
+	return fmt.Sprintf("VM %s: %s of %s: step %d (%s): %v; the operation is journaled: fix the cause and run `qchain recover %s`",
+		e.VM, e.Op, e.Snapshot, e.Index+1, e.Step, e.Err, e.VM)
+}
+
+func (e *StepError) Unwrap() error { return e.Err }
+
 // run executes a journal from its first unfinished step, recording each
 // step as done, then saves the final metadata and drops the journal.
 func (l *Locked) run(j *Journal, ex Executor, before func(op string, index int, s Step)) error {
@@ -140,8 +157,7 @@ func (l *Locked) run(j *Journal, ex Executor, before func(op string, index int, 
 			before(j.Op, i, j.Steps[i])
 		}
 		if err := ex.Run(j.Steps[i]); err != nil {
-			return fmt.Errorf("VM %s: %s of %s: step %d (%s): %w; the operation is journaled: fix the cause and run `qchain recover %s`",
-				l.VM.Name, j.Op, j.Snapshot, i+1, j.Steps[i], err, l.VM.Name)
+			return &StepError{VM: l.VM.Name, Op: j.Op, Snapshot: j.Snapshot, Index: i, Step: j.Steps[i], Err: err}
 		}
 		j.Steps[i].Done = true
 		if err := l.writeJournal(j); err != nil {

@@ -701,8 +701,12 @@ func TestLiveCreateRollback(t *testing.T) {
 	})
 	defer func() { StepHook = nil }()
 	before, _ := os.ReadDir(dir)
-	if _, err := m.CreateSnapshot("rb", "s1", "", false); err == nil || !strings.Contains(err.Error(), "not taken") {
+	_, err := m.CreateSnapshot("rb", "s1", "", false)
+	if err == nil || !strings.Contains(err.Error(), "not taken") {
 		t.Fatalf("create whose switch fails: %v; want a rolled back failure", err)
+	}
+	if strings.Contains(err.Error(), "recover") {
+		t.Errorf("a rolled back create leaves nothing to recover, but its error says so: %v", err)
 	}
 	after, _ := os.ReadDir(dir)
 	if len(after) != len(before) {
