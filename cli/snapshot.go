@@ -24,28 +24,9 @@ func manager(c *cli.Context) *chain.Manager {
 	}
 	m := &chain.Manager{Store: &chain.Store{Dir: dir}, Ctx: c.Context, StorageDaemon: c.String("storage-daemon")}
 	if c.Bool("verbose") {
-		m.Progress = progressPrinter(c.App.ErrWriter)
+		m.Progress = stepProgress(c.App.ErrWriter)
 	}
 	return m
-}
-
-// progressPrinter reports data moves on one updating stderr line.
-func progressPrinter(w io.Writer) func(chain.Step, int64, int64) {
-	var last time.Time
-	return func(s chain.Step, cur, total int64) {
-		if time.Since(last) < 200*time.Millisecond && cur != total {
-			return
-		}
-		last = time.Now()
-		pct := 0.0
-		if total > 0 {
-			pct = float64(cur) * 100 / float64(total)
-		}
-		fmt.Fprintf(w, "\r%s: %s / %s (%.0f%%)   ", s.Kind, humanize.IBytes(uint64(cur)), humanize.IBytes(uint64(total)), pct)
-		if cur == total {
-			fmt.Fprintln(w)
-		}
-	}
 }
 
 func args(c *cli.Context, names ...string) ([]string, error) {

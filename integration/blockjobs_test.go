@@ -230,6 +230,10 @@ func TestBlockOffline(t *testing.T) {
 			if !strings.Contains(string(r.Stderr), "100%") {
 				t.Errorf("--verbose drew no finished progress bar: %q", r.Stderr)
 			}
+			if strings.Contains(string(r.Stderr), "\r") {
+				// stderr is a pipe here: plain lines, no redrawn bar.
+				t.Errorf("--verbose redrew a bar into a pipe: %q", r.Stderr)
+			}
 			c.checkChain(t, c.path(tt.top), tt.chain...)
 			c.checkContent(t, bin, c.path(tt.top))
 			for _, g := range tt.gone {
