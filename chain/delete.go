@@ -215,6 +215,7 @@ func (m *Manager) planMerge(vm, final *VM, p *Plan, s *Snapshot, target, merge s
 		commitOK, why = false, fmt.Sprintf("VM %s also uses %s", other, filepath.Base(fs))
 	}
 	var commitBytes, pullBytes uint64
+	depPull := map[string]uint64{} // what a pull copies into each dependant
 	for _, dep := range deps {
 		db, _, _, err := backingOf(dep)
 		if err != nil {
@@ -240,8 +241,9 @@ func (m *Manager) planMerge(vm, final *VM, p *Plan, s *Snapshot, target, merge s
 		commitBytes += stats[0].AllocatedBytes
 		idx := inChain(files, fs)
 		for d := 1; d <= idx; d++ {
-			pullBytes += stats[d].VisibleBytes
+			depPull[dep] += stats[d].VisibleBytes
 		}
+		pullBytes += depPull[dep]
 	}
 	useCommit := false
 	switch merge {
@@ -289,7 +291,7 @@ func (m *Manager) planMerge(vm, final *VM, p *Plan, s *Snapshot, target, merge s
 		if fsBacking != "" {
 			st.Backing = relName(dep, fsBacking)
 		}
-		st.Bytes = pullBytes / uint64(len(deps))
+		st.Bytes = depPull[dep]
 		p.Steps = append(p.Steps, st)
 	}
 	// After the pulls, other VMs that read fs through a pulled image no

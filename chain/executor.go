@@ -18,7 +18,8 @@ type Executor interface {
 }
 
 // Offline runs steps on files no process has open: metadata steps natively,
-// data moves as block jobs on a private qemu-storage-daemon.
+// data moves as block jobs on a private qemu-storage-daemon, merges with
+// nothing to copy natively (see emptyMerge).
 type Offline struct {
 	Ctx context.Context
 	// StorageDaemon overrides the qemu-storage-daemon binary.
@@ -55,6 +56,9 @@ func (o *Offline) Run(s Step) error {
 		}
 		return syncDir(filepath.Dir(s.File))
 	case StepPull, StepCommit:
+		if done, err := emptyMerge(s); done || err != nil {
+			return err
+		}
 		return o.job(s)
 	case StepLiveSnapshot:
 		return fmt.Errorf("the VM is not running: its QMP socket does not answer")

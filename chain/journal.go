@@ -19,10 +19,12 @@ const (
 	StepLiveSnapshot = "live-snapshot"
 	// StepPull copies into File every byte it reads through its backing
 	// chain down to (not including) Base; "" pulls everything. File's
-	// backing file becomes Base.
+	// backing file becomes Base. Offline, a pull with nothing to copy is
+	// that backing file rewrite alone, done natively.
 	StepPull = "pull"
 	// StepCommit copies Top's data into Base (Top's backing file); Base
-	// then reads as Top did.
+	// then reads as Top did. Offline, a commit of a Top that allocates
+	// nothing leaves Base as it is, with no block job.
 	StepCommit = "commit"
 	// StepRebase rewrites File's recorded backing name to Backing, which
 	// reads the same as the old one (no data moves).
@@ -60,8 +62,14 @@ func (s Step) String() string {
 		if base == "" {
 			base = "(nothing: full copy)"
 		}
+		if s.Bytes == 0 {
+			return fmt.Sprintf("pull into %s down to %s (nothing to copy: its backing file name is rewritten)", s.File, base)
+		}
 		return fmt.Sprintf("pull into %s down to %s (%d bytes)", s.File, base, s.Bytes)
 	case StepCommit:
+		if s.Bytes == 0 {
+			return fmt.Sprintf("commit %s into %s (nothing to copy)", s.Top, s.Base)
+		}
 		return fmt.Sprintf("commit %s into %s (%d bytes)", s.Top, s.Base, s.Bytes)
 	case StepRebase:
 		return fmt.Sprintf("rebase %s onto %s (metadata only)", s.File, s.Backing)
