@@ -66,7 +66,7 @@ func (r *rig) mustCreate(v *vmModel, name string) {
 }
 
 func (r *rig) mustRevert(v *vmModel, name string) {
-	if err := r.m.Revert(v.name, name, true); err != nil {
+	if _, err := r.m.Revert(v.name, name, true); err != nil {
 		r.fatalf("revert %s: %v", name, err)
 	}
 	r.revertModel(v, name)
@@ -165,7 +165,7 @@ func crashCases() []crashCase {
 				r.mustCreate(a, "s2")
 				r.fixedWrite(a, 0x22)
 			},
-			op:    func(r *rig, a *vmModel) error { return r.m.Revert(a.name, "s1", true) },
+			op:    func(r *rig, a *vmModel) error { _, err := r.m.Revert(a.name, "s1", true); return err },
 			done:  func(r *rig, a *vmModel) { r.revertModel(a, "s1") },
 			kinds: []string{StepCreateOverlay, StepRemove},
 		},
@@ -308,7 +308,7 @@ func (cr *crashRig) restore(t *testing.T) (*rig, *vmModel) {
 		r.vms = append(r.vms, &v)
 	}
 	r.log = nil
-	r.extra = map[string]bool{}
+	r.extra = map[string]string{}
 	r.checkOriginals()
 	return r, r.vms[0]
 }
@@ -358,7 +358,7 @@ func (r *rig) refusesUnfinished(v *vmModel) {
 		"create":         func() error { _, err := r.m.CreateSnapshot(v.name, "other", "", false); return err },
 		"delete":         func() error { _, err := r.m.Delete(v.name, snap, DeleteOptions{}, false); return err },
 		"delete dry run": func() error { _, err := r.m.Delete(v.name, snap, DeleteOptions{}, true); return err },
-		"revert":         func() error { return r.m.Revert(v.name, snap, true) },
+		"revert":         func() error { _, err := r.m.Revert(v.name, snap, true); return err },
 		"rotate":         func() error { _, err := r.m.Rotate(v.name, 0); return err },
 	} {
 		if err := op(); !errors.Is(err, ErrUnfinished) {

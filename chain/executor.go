@@ -2,7 +2,6 @@ package chain
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -51,7 +50,9 @@ func (o *Offline) Run(s Step) error {
 	case StepRebase:
 		return qcow2.Rebase(s.File, s.Backing, s.BackingFmt)
 	case StepRemove:
-		if err := os.Remove(s.File); err != nil && !errors.Is(err, os.ErrNotExist) {
+		// Under QEMU's lock of the file: one a process opened since the
+		// plan was made is refused, not removed from under it.
+		if err := qcow2.RemoveUnused(s.File); err != nil {
 			return err
 		}
 		return syncDir(filepath.Dir(s.File))

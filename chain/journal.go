@@ -62,8 +62,11 @@ func (s Step) String() string {
 		if base == "" {
 			base = "(nothing: full copy)"
 		}
+		if s.Bytes == 0 && s.Base == "" {
+			return fmt.Sprintf("pull into %s (nothing to copy: it no longer needs a backing file)", s.File)
+		}
 		if s.Bytes == 0 {
-			return fmt.Sprintf("pull into %s down to %s (nothing to copy: its backing file name is rewritten)", s.File, base)
+			return fmt.Sprintf("pull into %s down to %s (nothing to copy: only its backing file name changes)", s.File, base)
 		}
 		return fmt.Sprintf("pull into %s down to %s (%d bytes)", s.File, base, s.Bytes)
 	case StepCommit:

@@ -147,30 +147,53 @@ func snapshotCommand() *cli.Command {
 			},
 			{
 				Name: "revert", Usage: "make a snapshot's point in time current (a new branch); the VM must be stopped", ArgsUsage: "VM NAME",
-				Flags: []cli.Flag{sd, &cli.BoolFlag{Name: "force", Usage: "discard current changes that no snapshot keeps"}},
+				Flags: []cli.Flag{sd, outputFlag(), &cli.BoolFlag{Name: "force", Usage: "discard current changes that no snapshot keeps"}},
 				Action: func(c *cli.Context) error {
 					a, err := args(c, "VM", "NAME")
 					if err != nil {
 						return err
 					}
-					if err := manager(c).Revert(a[0], a[1], c.Bool("force")); err != nil {
+					asJSON, err := outputJSON(c)
+					if err != nil {
 						return err
 					}
+					p, err := manager(c).Revert(a[0], a[1], c.Bool("force"))
+					if err != nil {
+						return err
+					}
+					if asJSON {
+						return writeJSON(c.App.Writer, p)
+					}
 					fmt.Fprintf(c.App.Writer, "VM %s reverted to snapshot %s\n", a[0], a[1])
+					writeFileFates(c.App.Writer, p, true)
 					return nil
 				},
 			},
 			{
 				Name: "rotate", Usage: "keep the N newest snapshots of the current branch, delete older ones with merges", ArgsUsage: "VM",
-				Flags: []cli.Flag{sd, storageDaemonFlag(), verboseFlag(), &cli.IntFlag{Name: "keep", Required: true, Usage: "how many snapshots to keep"}},
+				Flags: []cli.Flag{sd, storageDaemonFlag(), verboseFlag(), outputFlag(), &cli.IntFlag{Name: "keep", Required: true, Usage: "how many snapshots to keep"}},
 				Action: func(c *cli.Context) error {
 					a, err := args(c, "VM")
 					if err != nil {
 						return err
 					}
+					asJSON, err := outputJSON(c)
+					if err != nil {
+						return err
+					}
 					plans, err := manager(c).Rotate(a[0], c.Int("keep"))
+					if asJSON {
+						if plans == nil {
+							plans = []*chain.Plan{}
+						}
+						if werr := writeJSON(c.App.Writer, plans); werr != nil {
+							return werr
+						}
+						return err
+					}
 					for _, p := range plans {
 						fmt.Fprintf(c.App.Writer, "Deleted snapshot %s (%s copied)\n", p.Snapshot, humanize.IBytes(p.Bytes))
+						writeFileFates(c.App.Writer, p, true)
 					}
 					if err == nil && len(plans) == 0 {
 						fmt.Fprintln(c.App.Writer, "Nothing to delete")
@@ -275,5 +298,22 @@ func writePlan(w io.Writer, p *chain.Plan, dry bool) {
 	for _, n := range p.Notes {
 		fmt.Fprintf(w, "  note: %s\n", n)
 	}
+	writeFileFates(w, p, false)
 	fmt.Fprintf(w, "  files changed: %s\n  bytes moved: %s\n", dashIfEmpty(strings.Join(p.Changed, ", ")), humanize.IBytes(p.Bytes))
+}
+
+// writeFileFates names the VM's files the plan left unused by its chains:
+// the ones it removes (with removed; delete lists them among its steps)
+// and the ones it keeps, with the reason.
+func writeFileFates(w io.Writer, p *chain.Plan, removed bool) {
+	if removed {
+		for _, s := range p.Steps {
+			if s.Kind == chain.StepRemove {
+				fmt.Fprintf(w, "  removed %s (%s)\n", s.File, s.Why)
+			}
+		}
+	}
+	for _, k := range p.Kept {
+		fmt.Fprintf(w, "  kept %s: %s\n", k.File, k.Reason)
+	}
 }

@@ -15,6 +15,9 @@ type VMShow struct {
 	QGA     string     `json:"qga,omitempty"`
 	Current string     `json:"current,omitempty"`
 	Disks   []DiskShow `json:"disks"`
+	// Unused lists the VM's files (its overlays and original images) that
+	// no chain of the VM needs, each with the reason it is still there.
+	Unused []chain.KeptFile `json:"unused"`
 }
 
 // DiskShow is one disk in VMShow: its chain from the active image down.
@@ -37,6 +40,12 @@ func runVMShow(c *cli.Context) error {
 		}
 		show.Disks = append(show.Disks, DiskShow{Target: d.Target, Active: d.Active, Chain: ch})
 	}
+	if show.Unused, err = manager(c).UnusedFiles(vm); err != nil {
+		return err
+	}
+	if show.Unused == nil {
+		show.Unused = []chain.KeptFile{}
+	}
 	if asJSON {
 		return writeJSON(c.App.Writer, show)
 	}
@@ -48,6 +57,12 @@ func runVMShow(c *cli.Context) error {
 	fmt.Fprintln(w)
 	for _, d := range show.Disks {
 		fmt.Fprintf(w, "  %s: %s\n", d.Target, chain.Tree(d.Chain, d.Active))
+	}
+	if len(show.Unused) > 0 {
+		fmt.Fprintln(w, "  files of the VM no chain needs:")
+		for _, u := range show.Unused {
+			fmt.Fprintf(w, "    %s: %s\n", u.File, u.Reason)
+		}
 	}
 	return nil
 }
@@ -78,7 +93,7 @@ func vmCommand() *cli.Command {
 			{
 				Name: "define", Usage: "define a VM", ArgsUsage: "VM",
 				Flags: []cli.Flag{sd,
-					&cli.StringSliceFlag{Name: "disk", Usage: "`TARGET=PATH` of a disk's active image (repeat for each disk)", Required: true},
+					&cli.StringSliceFlag{Name: "disk", Usage: "`TARGET=PATH` of a disk's active image (repeat for each disk); the image becomes the VM's: a snapshot operation removes it once nothing needs it", Required: true},
 					&cli.StringFlag{Name: "qmp", Usage: "the VM's QMP `SOCKET` (operations are live while it answers)"},
 					&cli.StringFlag{Name: "qga", Usage: "the VM's guest agent `SOCKET` (for --quiesce)"},
 				},

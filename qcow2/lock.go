@@ -54,3 +54,37 @@ func InUse(name string) (bool, error) {
 
 // ErrInUse reports a file a process holds QEMU's locks of.
 var ErrInUse = errors.New("in use by another process (qemu holds its lock)")
+
+// RemoveUnused removes the named file unless a process holds QEMU's locks
+// of it; it holds them itself while removing, so no QEMU can open the
+// file in between. A missing file is not an error.
+func RemoveUnused(name string) error {
+	f, err := os.OpenFile(name, os.O_RDWR, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if errors.Is(err, os.ErrPermission) {
+		// A read-only file cannot carry a write lock: ask, then remove.
+		busy, err := InUse(name)
+		if err != nil {
+			return err
+		}
+		if busy {
+			return fmt.Errorf("%s is %w", name, ErrInUse)
+		}
+		return os.Remove(name)
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	release, err := lockImage(f)
+	if err != nil {
+		return err
+	}
+	defer release()
+	if err := os.Remove(name); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
