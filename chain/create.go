@@ -72,7 +72,7 @@ func (m *Manager) CreateSnapshot(vmName, name, description string, quiesce bool)
 				// Nothing is left to recover: no recovery hint.
 				var se *StepError
 				if errors.As(err, &se) {
-					return fmt.Errorf("VM %s: snapshot %s not taken (the new overlays were removed): step %d (%s): %w", vm.Name, name, se.Index+1, se.Step, se.Err)
+					return fmt.Errorf("VM %s: snapshot %s not taken (the new overlays were removed): step %d (%s): %w", vm.Name, name, se.Index+1, se.Step, se.Cause())
 				}
 				return fmt.Errorf("VM %s: snapshot %s not taken (the new overlays were removed): %w", vm.Name, name, err)
 			}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -148,8 +149,38 @@ type StepError struct {
 }
 
 func (e *StepError) Error() string {
-	return fmt.Sprintf("VM %s: %s of %s: step %d (%s): %v; the operation is journaled: fix the cause and run `qchain recover %s`",
-		e.VM, e.Op, e.Snapshot, e.Index+1, e.Step, e.Err, e.VM)
+	return fmt.Sprintf("VM %s: %s of %s: step %d (%s): %s; the operation is journaled: fix the cause and run `qchain recover %s`",
+		e.VM, e.Op, e.Snapshot, e.Index+1, e.Step, e.causeText(), e.VM)
+}
+
+// Cause is the step's error as the step's description completes it: it
+// unwraps to Err.
+func (e *StepError) Cause() error { return &causeError{text: e.causeText(), err: e.Err} }
+
+type causeError struct {
+	text string
+	err  error
+}
+
+func (c *causeError) Error() string { return c.text }
+func (c *causeError) Unwrap() error { return c.err }
+
+// causeText is the step's error without the file name the step already
+// gives: "F: msg" reads "msg", "F is ..." reads "it is ...".
+func (e *StepError) causeText() string {
+	msg := e.Err.Error()
+	for _, f := range []string{e.Step.File, e.Step.Top} {
+		if f == "" {
+			continue
+		}
+		if rest, ok := strings.CutPrefix(msg, f+": "); ok {
+			return rest
+		}
+		if rest, ok := strings.CutPrefix(msg, f+" is "); ok {
+			return "it is " + rest
+		}
+	}
+	return msg
 }
 
 func (e *StepError) Unwrap() error { return e.Err }
