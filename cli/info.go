@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"time"
@@ -51,15 +50,6 @@ func runInfo(c *cli.Context) error {
 		writeInfoHuman(w, info)
 	}
 	return nil
-}
-
-func writeJSON(w io.Writer, v any) error {
-	b, err := json.MarshalIndent(v, "", "    ")
-	if err != nil {
-		return err
-	}
-	_, err = fmt.Fprintf(w, "%s\n", b)
-	return err
 }
 
 // writeInfoHuman prints an image description in qemu-img info's layout.

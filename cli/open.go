@@ -1,7 +1,9 @@
 package cli
 
 import (
+	"encoding/json"
 	"fmt"
+	"io"
 
 	"github.com/qchain/qchain/qcow2"
 	"github.com/urfave/cli/v2"
@@ -86,4 +88,13 @@ func openChainAt(c *cli.Context, name, snapFlag string) (*qcow2.Chain, func(), e
 		return view, closeFn, nil
 	}
 	return chain, closeFn, nil
+}
+
+func writeJSON(w io.Writer, v any) error {
+	b, err := json.MarshalIndent(v, "", "    ")
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(w, "%s\n", b)
+	return err
 }
