@@ -156,10 +156,9 @@ func trackedParent(f string, snapFiles []string) (string, error) {
 	return "", nil
 }
 
-// usedElsewhere reports whether another VM of the state directory reads
-// file through any of its chains; chains that reach file through one of
-// via (images a pull makes independent of file) do not count.
-func (m *Manager) usedElsewhere(vm *VM, file string, via ...string) (string, error) {
+// usedElsewhere names another VM of the state directory that reads file
+// through any of its chains ("" when none does).
+func (m *Manager) usedElsewhere(vm *VM, file string) (string, error) {
 	names, err := m.Store.List()
 	if err != nil {
 		return "", err
@@ -174,21 +173,7 @@ func (m *Manager) usedElsewhere(vm *VM, file string, via ...string) (string, err
 		}
 		for _, d := range other.Disks {
 			for _, t := range other.trackedFiles(d.Target) {
-				ch, err := chainOf(t)
-				if err != nil {
-					continue
-				}
-				i := inChain(ch, file)
-				if i < 0 {
-					continue
-				}
-				through := false
-				for _, v := range via {
-					if j := inChain(ch, v); j >= 0 && j < i {
-						through = true
-					}
-				}
-				if !through {
+				if ch, err := chainOf(t); err == nil && inChain(ch, file) >= 0 {
 					return n, nil
 				}
 			}

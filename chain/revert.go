@@ -90,11 +90,3 @@ func (m *Manager) Revert(vmName, name string, force bool) (*Plan, error) {
 	ex := &Offline{Ctx: m.ctx(), StorageDaemon: m.StorageDaemon}
 	return p, l.run(j, ex, m.BeforeStep)
 }
-
-func (vm *VM) trackedSnapshotFiles(target string) []string {
-	var out []string
-	for _, s := range vm.Snapshots {
-		out = append(out, s.File(target))
-	}
-	return out
-}
