@@ -46,8 +46,9 @@ demo: deps build
 	@scripts/demo.sh
 	@scripts/demo-snapshots.sh
 
+# BENCH_FLAGS, e.g. '-run snapshot -n 9', go to the bench (see its doc.go).
 bench: deps build
-	$(GO) run ./integration/bench
+	$(GO) run ./integration/bench $(BENCH_FLAGS)
 
 fuzz:
 	@scripts/fuzz.sh $(FUZZTIME)

@@ -114,10 +114,10 @@ func TestSnapshotLifeOffline(t *testing.T) {
 	delete(sums, "s3")
 	check("deleted s3")
 	// Revert refuses to lose changes, then works with force.
-	if err := m.Revert("vm1", "s1", false); err == nil {
+	if _, err := m.Revert("vm1", "s1", false); err == nil {
 		t.Fatal("revert discarded changes without --force")
 	}
-	if err := m.Revert("vm1", "s1", true); err != nil {
+	if _, err := m.Revert("vm1", "s1", true); err != nil {
 		t.Fatal(err)
 	}
 	current = sums["s1"]

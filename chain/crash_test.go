@@ -28,6 +28,9 @@ type crashCase struct {
 	done func(r *rig, a *vmModel)
 	// kinds are step kinds the plan must contain.
 	kinds []string
+	// native: a pull or commit of the plan has nothing to copy and must
+	// run without a storage daemon (the case gets none).
+	native bool
 }
 
 // fixedWrite writes a pattern at a few clusters of each disk.
@@ -63,7 +66,7 @@ func (r *rig) mustCreate(v *vmModel, name string) {
 }
 
 func (r *rig) mustRevert(v *vmModel, name string) {
-	if err := r.m.Revert(v.name, name, true); err != nil {
+	if _, err := r.m.Revert(v.name, name, true); err != nil {
 		r.fatalf("revert %s: %v", name, err)
 	}
 	r.revertModel(v, name)
@@ -93,6 +96,13 @@ func chainABC(r *rig, a *vmModel) {
 	r.fixedWrite(a, 0x22)
 	r.mustCreate(a, "s3")
 	r.fixedWrite(a, 0x33)
+}
+
+// writtenChainABC is chainABC with a write into the original images
+// before s1, so that s1's file holds data to pull.
+func writtenChainABC(r *rig, a *vmModel) {
+	r.fixedWrite(a, 0x0f)
+	chainABC(r, a)
 }
 
 // branches builds s0 <- s1 <- {s2, s3 <- current}.
@@ -155,17 +165,45 @@ func crashCases() []crashCase {
 				r.mustCreate(a, "s2")
 				r.fixedWrite(a, 0x22)
 			},
-			op:    func(r *rig, a *vmModel) error { return r.m.Revert(a.name, "s1", true) },
+			op:    func(r *rig, a *vmModel) error { _, err := r.m.Revert(a.name, "s1", true); return err },
 			done:  func(r *rig, a *vmModel) { r.revertModel(a, "s1") },
 			kinds: []string{StepCreateOverlay, StepRemove},
 		},
 		deleteCase("delete-middle-commit", "s2", chainABC, DeleteOptions{Merge: MergeCommit}, StepCommit, StepRebase, StepRemove),
 		deleteCase("delete-newest-commit", "s3", chainABC, DeleteOptions{Merge: MergeCommit}, StepCommit, StepRemove),
 		deleteCase("delete-middle-pull", "s2", chainABC, DeleteOptions{Merge: MergePull}, StepPull, StepRemove),
-		deleteCase("delete-oldest-pull", "s1", chainABC, DeleteOptions{Merge: MergePull}, StepPull),
+		deleteCase("delete-oldest-pull", "s1", writtenChainABC, DeleteOptions{Merge: MergePull}, StepPull),
 		deleteCase("delete-branches-pull", "s1", branches, DeleteOptions{Merge: MergeAuto}, StepPull, StepRemove),
 		deleteCase("delete-children", "s2", branches, DeleteOptions{Children: true}, StepRemove),
+		nativeCase(deleteCase("delete-newest-empty-commit", "s2", emptyNewest, DeleteOptions{Merge: MergeAuto}, StepCommit, StepRemove)),
+		nativeCase(deleteCase("delete-oldest-empty-pull", "s1", chainABC, DeleteOptions{Merge: MergePull}, StepPull)),
+		nativeCase(deleteCase("delete-newest-empty-pull", "s3", emptyMiddle, DeleteOptions{Merge: MergePull}, StepPull, StepRemove)),
 	}
+}
+
+// nativeCase marks a case whose merges copy nothing.
+func nativeCase(c crashCase) crashCase {
+	c.native = true
+	return c
+}
+
+// emptyNewest builds s1 <- s2 <- current with nothing written since s2:
+// deleting s2 commits an empty overlay.
+func emptyNewest(r *rig, a *vmModel) {
+	r.mustCreate(a, "s1")
+	r.fixedWrite(a, 0x11)
+	r.mustCreate(a, "s2")
+}
+
+// emptyMiddle builds s1 <- s2 <- s3 <- current with nothing written
+// between s2 and s3: s3's file allocates nothing, so pulling it into the
+// current image only rewrites that image's backing name.
+func emptyMiddle(r *rig, a *vmModel) {
+	r.mustCreate(a, "s1")
+	r.fixedWrite(a, 0x11)
+	r.mustCreate(a, "s2")
+	r.mustCreate(a, "s3")
+	r.fixedWrite(a, 0x33)
 }
 
 // crashMode says where the crash falls relative to step k.
@@ -270,7 +308,7 @@ func (cr *crashRig) restore(t *testing.T) (*rig, *vmModel) {
 		r.vms = append(r.vms, &v)
 	}
 	r.log = nil
-	r.extra = map[string]bool{}
+	r.extra = map[string]string{}
 	r.checkOriginals()
 	return r, r.vms[0]
 }
@@ -320,7 +358,7 @@ func (r *rig) refusesUnfinished(v *vmModel) {
 		"create":         func() error { _, err := r.m.CreateSnapshot(v.name, "other", "", false); return err },
 		"delete":         func() error { _, err := r.m.Delete(v.name, snap, DeleteOptions{}, false); return err },
 		"delete dry run": func() error { _, err := r.m.Delete(v.name, snap, DeleteOptions{}, true); return err },
-		"revert":         func() error { return r.m.Revert(v.name, snap, true) },
+		"revert":         func() error { _, err := r.m.Revert(v.name, snap, true); return err },
 		"rotate":         func() error { _, err := r.m.Rotate(v.name, 0); return err },
 	} {
 		if err := op(); !errors.Is(err, ErrUnfinished) {
@@ -348,6 +386,11 @@ func TestCrashEveryStep(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			// The uninterrupted run: count the steps, check the kinds.
 			cr := newCrashRig(t, c)
+			if c.native {
+				// A block job would fail: the merge must run natively, also
+				// when Recover runs it again.
+				cr.r.m.StorageDaemon = filepath.Join(t.TempDir(), "no-qemu-storage-daemon")
+			}
 			r, a := cr.restore(t)
 			var steps []Step
 			setStepHook(t, func(_ string, _ int, s Step) { steps = append(steps, s) })
@@ -366,14 +409,17 @@ func TestCrashEveryStep(t *testing.T) {
 					r.fatalf("%s: the plan has no %s step: %v", c.name, k, steps)
 				}
 			}
+			if c.native && !slices.ContainsFunc(steps, func(s Step) bool { return (s.Kind == StepPull || s.Kind == StepCommit) && s.Bytes == 0 }) {
+				r.fatalf("%s: no merge of the plan has nothing to copy: %v", c.name, steps)
+			}
 			n := len(steps)
 			for _, mode := range []crashMode{beforeStep, afterStepUnrecorded, allRecordedUnsaved, duringStep} {
 				for k := range n {
 					if mode == allRecordedUnsaved && k > 0 {
 						break
 					}
-					if mode == duringStep && steps[k].Kind != StepPull && steps[k].Kind != StepCommit {
-						continue
+					if mode == duringStep && (steps[k].Kind != StepPull && steps[k].Kind != StepCommit || steps[k].Bytes == 0) {
+						continue // no data moves: nothing to stop half way
 					}
 					t.Run(fmt.Sprintf("%s-step%d", mode, k+1), func(t *testing.T) {
 						r, a := cr.restore(t)

@@ -40,13 +40,35 @@ type Plan struct {
 	Bytes uint64 `json:"bytes"`
 	// Notes explain the choices (merge direction, refusals avoided).
 	Notes []string `json:"notes,omitempty"`
-	Final *VM      `json:"-"`
+	// Removed lists the VM's files the plan removes (its remove steps):
+	// overlays, and original images nothing needs any more.
+	Removed []string `json:"removed,omitempty"`
+	// Kept lists the VM's files no chain of the VM needs after the plan
+	// and that it does not remove, each with the reason.
+	Kept  []KeptFile `json:"kept,omitempty"`
+	Final *VM        `json:"-"`
+	// why says why a file may go, for its remove step.
+	why map[string]string
+}
+
+// hint records why file may be removed, should planUnused remove it.
+func (p *Plan) hint(file, why string) {
+	if p.why == nil {
+		p.why = map[string]string{}
+	}
+	p.why[file] = why
 }
 
 // PlanDelete computes how to delete snapshot name of vm without changing
-// what any other snapshot or the current state reads. It reads headers and
-// allocation only; nothing is written.
+// what any other snapshot or the current state reads, for a VM that is not
+// running. It reads headers and allocation only; nothing is written.
 func (m *Manager) PlanDelete(vm *VM, name string, opts DeleteOptions) (*Plan, error) {
+	return m.planDelete(vm, name, opts, nil)
+}
+
+// planDelete is PlanDelete; live, when set, is the running VM's QEMU,
+// which holds the files of its current chains.
+func (m *Manager) planDelete(vm *VM, name string, opts DeleteOptions, live *Live) (*Plan, error) {
 	s := vm.Snapshot(name)
 	if s == nil {
 		return nil, fmt.Errorf("VM %s has no snapshot %s", vm.Name, name)
@@ -63,7 +85,7 @@ func (m *Manager) PlanDelete(vm *VM, name string, opts DeleteOptions) (*Plan, er
 	case opts.MetadataOnly:
 		p.Notes = append(p.Notes, "metadata only: the snapshot is forgotten, every file stays as it is")
 	case opts.Children:
-		if err := m.planSubtree(vm, final, p, name); err != nil {
+		if err := m.planSubtree(vm, p, name); err != nil {
 			return nil, err
 		}
 	default:
@@ -74,6 +96,13 @@ func (m *Manager) PlanDelete(vm *VM, name string, opts DeleteOptions) (*Plan, er
 		}
 	}
 	removeSnapshots(final, name, opts.Children)
+	keepAll := ""
+	if opts.MetadataOnly {
+		keepAll = "the snapshot was forgotten with --metadata, which touches no file: the file is no longer the VM's"
+	}
+	if err := m.planUnused(vm, final, p, live, keepAll); err != nil {
+		return nil, err
+	}
 	p.Final = final
 	for _, st := range p.Steps {
 		p.Bytes += st.Bytes
@@ -127,10 +156,9 @@ func trackedParent(f string, snapFiles []string) (string, error) {
 	return "", nil
 }
 
-// usedElsewhere reports whether another VM of the state directory reads
-// file through any of its chains; chains that reach file through one of
-// via (images a pull makes independent of file) do not count.
-func (m *Manager) usedElsewhere(vm *VM, file string, via ...string) (string, error) {
+// usedElsewhere names another VM of the state directory that reads file
+// through any of its chains ("" when none does).
+func (m *Manager) usedElsewhere(vm *VM, file string) (string, error) {
 	names, err := m.Store.List()
 	if err != nil {
 		return "", err
@@ -145,21 +173,7 @@ func (m *Manager) usedElsewhere(vm *VM, file string, via ...string) (string, err
 		}
 		for _, d := range other.Disks {
 			for _, t := range other.trackedFiles(d.Target) {
-				ch, err := chainOf(t)
-				if err != nil {
-					continue
-				}
-				i := inChain(ch, file)
-				if i < 0 {
-					continue
-				}
-				through := false
-				for _, v := range via {
-					if j := inChain(ch, v); j >= 0 && j < i {
-						through = true
-					}
-				}
-				if !through {
+				if ch, err := chainOf(t); err == nil && inChain(ch, file) >= 0 {
 					return n, nil
 				}
 			}
@@ -196,10 +210,7 @@ func (m *Manager) planMerge(vm, final *VM, p *Plan, s *Snapshot, target, merge s
 		return err
 	}
 	if len(deps) == 0 {
-		if vm.owns(fs) && other == "" {
-			p.Steps = append(p.Steps, Step{Kind: StepRemove, Target: target, File: fs, Why: "nothing depends on it any more"})
-			final.disown(fs)
-		}
+		p.hint(fs, "nothing depends on it any more")
 		return nil
 	}
 	fsBacking, _, fsFmt, err := backingOf(fs)
@@ -215,6 +226,7 @@ func (m *Manager) planMerge(vm, final *VM, p *Plan, s *Snapshot, target, merge s
 		commitOK, why = false, fmt.Sprintf("VM %s also uses %s", other, filepath.Base(fs))
 	}
 	var commitBytes, pullBytes uint64
+	depPull := map[string]uint64{} // what a pull copies into each dependant
 	for _, dep := range deps {
 		db, _, _, err := backingOf(dep)
 		if err != nil {
@@ -240,8 +252,9 @@ func (m *Manager) planMerge(vm, final *VM, p *Plan, s *Snapshot, target, merge s
 		commitBytes += stats[0].AllocatedBytes
 		idx := inChain(files, fs)
 		for d := 1; d <= idx; d++ {
-			pullBytes += stats[d].VisibleBytes
+			depPull[dep] += stats[d].VisibleBytes
 		}
+		pullBytes += depPull[dep]
 	}
 	useCommit := false
 	switch merge {
@@ -265,10 +278,7 @@ func (m *Manager) planMerge(vm, final *VM, p *Plan, s *Snapshot, target, merge s
 					Why: "its backing file " + filepath.Base(dep) + " was committed into " + filepath.Base(fs)})
 			}
 		}
-		if vm.owns(dep) {
-			p.Steps = append(p.Steps, Step{Kind: StepRemove, Target: target, File: dep, Why: "committed into " + filepath.Base(fs)})
-			final.disown(dep)
-		}
+		p.hint(dep, "committed into "+filepath.Base(fs))
 		for _, x := range final.Snapshots {
 			if x.File(target) == dep {
 				x.setFile(target, fs)
@@ -289,60 +299,24 @@ func (m *Manager) planMerge(vm, final *VM, p *Plan, s *Snapshot, target, merge s
 		if fsBacking != "" {
 			st.Backing = relName(dep, fsBacking)
 		}
-		st.Bytes = pullBytes / uint64(len(deps))
+		st.Bytes = depPull[dep]
 		p.Steps = append(p.Steps, st)
 	}
-	// After the pulls, other VMs that read fs through a pulled image no
-	// longer need it.
-	after, err := m.usedElsewhere(vm, fs, deps...)
-	if err != nil {
-		return err
-	}
-	if vm.owns(fs) && after == "" {
-		p.Steps = append(p.Steps, Step{Kind: StepRemove, Target: target, File: fs, Why: "pulled into every image that used it"})
-		final.disown(fs)
-	}
+	p.hint(fs, "pulled into every image that used it")
 	return nil
 }
 
 // planSubtree deletes snapshot name, every snapshot below it and their
-// files. The current state must not descend from them.
-func (m *Manager) planSubtree(vm, final *VM, p *Plan, name string) error {
+// files (planUnused removes those nothing else needs). The current state
+// must not descend from them.
+func (m *Manager) planSubtree(vm *VM, p *Plan, name string) error {
 	sub := vm.Subtree(name)
 	if slices.Contains(sub, vm.Current) {
 		return fmt.Errorf("VM %s: the current state descends from snapshot %s; revert to a snapshot outside its subtree before deleting it with --children", vm.Name, name)
 	}
 	for _, d := range vm.Disks {
-		var keep []string // files outside the subtree
-		for _, t := range vm.trackedFiles(d.Target) {
-			inSub := false
-			for _, x := range sub {
-				if vm.Snapshot(x).File(d.Target) == t {
-					inSub = true
-				}
-			}
-			if !inSub {
-				keep = append(keep, t)
-			}
-		}
 		for _, x := range sub {
-			f := vm.Snapshot(x).File(d.Target)
-			if !vm.owns(f) {
-				continue
-			}
-			used := false
-			for _, k := range keep {
-				if ch, err := chainOf(k); err == nil && inChain(ch, f) >= 0 {
-					used = true
-				}
-			}
-			if other, _ := m.usedElsewhere(vm, f); other != "" {
-				used = true
-			}
-			if !used {
-				p.Steps = append(p.Steps, Step{Kind: StepRemove, Target: d.Target, File: f, Why: "file of snapshot " + x + ", deleted with its subtree"})
-				final.disown(f)
-			}
+			p.hint(vm.Snapshot(x).File(d.Target), "file of snapshot "+x+", deleted with its subtree")
 		}
 	}
 	return nil
@@ -372,6 +346,9 @@ func drawChains(vm, final *VM, p *Plan) error {
 		}
 		removed := map[string]bool{}
 		for _, s := range p.Steps {
+			if s.Kind == StepRemove {
+				removed[s.File] = true // whichever disk's file it was
+			}
 			if s.Target != d.Target {
 				continue
 			}
@@ -411,38 +388,15 @@ func (m *Manager) Delete(vmName, name string, opts DeleteOptions, dryRun bool) (
 	if err := Verify(l.VM); err != nil {
 		return nil, err
 	}
-	p, err := m.PlanDelete(l.VM, name, opts)
-	if err != nil || dryRun {
-		return p, err
-	}
 	ex, done, err := m.liveExecutor(l.VM)
 	if err != nil {
 		return nil, err
 	}
 	defer done()
+	p, err := m.planDelete(l.VM, name, opts, ex.Live)
+	if err != nil || dryRun {
+		return p, err
+	}
 	j := &Journal{Op: "delete", Snapshot: name, Started: m.now(), Steps: p.Steps, Final: p.Final, Live: ex.Live != nil}
 	return p, l.run(j, ex, m.BeforeStep)
-}
-
-// Rotate keeps the keep newest snapshots of the current branch (the
-// current snapshot and its ancestors) and deletes the older ones, oldest
-// first, each merged the cheaper way.
-func (m *Manager) Rotate(vmName string, keep int) ([]*Plan, error) {
-	if keep < 0 {
-		return nil, fmt.Errorf("--keep must be 0 or more")
-	}
-	vm, err := m.Store.Load(vmName)
-	if err != nil {
-		return nil, err
-	}
-	branch := vm.Ancestors(vm.Current)
-	var plans []*Plan
-	for i := len(branch) - 1; i >= keep; i-- {
-		p, err := m.Delete(vmName, branch[i], DeleteOptions{Merge: MergeAuto}, false)
-		if err != nil {
-			return plans, err
-		}
-		plans = append(plans, p)
-	}
-	return plans, nil
 }

@@ -27,6 +27,28 @@
 // a file used by another branch or another VM of the state directory, and
 // every image below the VM's own chain (a shared gold image), is only ever
 // read. The VM's own images, its original disk images included, may
-// receive a commit when nothing else uses them; qchain deletes only the
-// files it created.
+// receive a commit when nothing else uses them.
+//
+// # Files no chain needs
+//
+// A VM's files are the overlays qchain created for it (VM.Owned) and the
+// images it was defined on (VM.Originals: vm define --disk hands them to
+// the VM). Every snapshot operation that leaves one of them needed by no
+// chain of the VM (delete, --children included, rotate, revert) removes it,
+// or keeps it and says why in the plan (Plan.Kept, printed by the CLI,
+// human and JSON): while another VM of the state directory reads it, while
+// an image in its folder has it in its backing chain (qcow2.WhoUses; an
+// image the same operation removes does not count), or while a process
+// holds QEMU's lock of it (qcow2.InUse; the remove step itself runs under
+// that lock). `delete --metadata` touches no file: it names the files it
+// leaves unused and they stop being the VM's.
+// Manager.UnusedFiles (vm show) lists such files with the reason they are
+// still there. This changed deliberately (issue 12): qchain used to delete
+// only the files it created, so a VM's original image that a pull left
+// unused stayed on disk with no word about it. A VM defined before
+// Originals existed has none recorded, and its original images stay.
+//
+// Merges that copy nothing (a commit of an overlay nothing was written
+// into, a pull of a layer the image above reads nothing from) run natively
+// offline, as a backing file rewrite at most, without a storage daemon.
 package chain

@@ -2,7 +2,6 @@ package chain
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -18,7 +17,8 @@ type Executor interface {
 }
 
 // Offline runs steps on files no process has open: metadata steps natively,
-// data moves as block jobs on a private qemu-storage-daemon.
+// data moves as block jobs on a private qemu-storage-daemon, merges with
+// nothing to copy natively (see emptyMerge).
 type Offline struct {
 	Ctx context.Context
 	// StorageDaemon overrides the qemu-storage-daemon binary.
@@ -50,11 +50,16 @@ func (o *Offline) Run(s Step) error {
 	case StepRebase:
 		return qcow2.Rebase(s.File, s.Backing, s.BackingFmt)
 	case StepRemove:
-		if err := os.Remove(s.File); err != nil && !errors.Is(err, os.ErrNotExist) {
+		// Under QEMU's lock of the file: one a process opened since the
+		// plan was made is refused, not removed from under it.
+		if err := qcow2.RemoveUnused(s.File); err != nil {
 			return err
 		}
 		return syncDir(filepath.Dir(s.File))
 	case StepPull, StepCommit:
+		if done, err := emptyMerge(s); done || err != nil {
+			return err
+		}
 		return o.job(s)
 	case StepLiveSnapshot:
 		return fmt.Errorf("the VM is not running: its QMP socket does not answer")

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -19,10 +20,12 @@ const (
 	StepLiveSnapshot = "live-snapshot"
 	// StepPull copies into File every byte it reads through its backing
 	// chain down to (not including) Base; "" pulls everything. File's
-	// backing file becomes Base.
+	// backing file becomes Base. Offline, a pull with nothing to copy is
+	// that backing file rewrite alone, done natively.
 	StepPull = "pull"
 	// StepCommit copies Top's data into Base (Top's backing file); Base
-	// then reads as Top did.
+	// then reads as Top did. Offline, a commit of a Top that allocates
+	// nothing leaves Base as it is, with no block job.
 	StepCommit = "commit"
 	// StepRebase rewrites File's recorded backing name to Backing, which
 	// reads the same as the old one (no data moves).
@@ -60,8 +63,17 @@ func (s Step) String() string {
 		if base == "" {
 			base = "(nothing: full copy)"
 		}
+		if s.Bytes == 0 && s.Base == "" {
+			return fmt.Sprintf("pull into %s (nothing to copy: it no longer needs a backing file)", s.File)
+		}
+		if s.Bytes == 0 {
+			return fmt.Sprintf("pull into %s down to %s (nothing to copy: only its backing file name changes)", s.File, base)
+		}
 		return fmt.Sprintf("pull into %s down to %s (%d bytes)", s.File, base, s.Bytes)
 	case StepCommit:
+		if s.Bytes == 0 {
+			return fmt.Sprintf("commit %s into %s (nothing to copy)", s.Top, s.Base)
+		}
 		return fmt.Sprintf("commit %s into %s (%d bytes)", s.Top, s.Base, s.Bytes)
 	case StepRebase:
 		return fmt.Sprintf("rebase %s onto %s (metadata only)", s.File, s.Backing)
@@ -126,6 +138,53 @@ func (l *Locked) dropJournal() error {
 	return syncDir(filepath.Dir(l.journalPath()))
 }
 
+// StepError reports a journal step that failed: the operation stays
+// journaled for Recover.
+type StepError struct {
+	VM, Op, Snapshot string
+	// Index is the step's index in the journal (0-based).
+	Index int
+	Step  Step
+	Err   error
+}
+
+func (e *StepError) Error() string {
+	return fmt.Sprintf("VM %s: %s of %s: step %d (%s): %s; the operation is journaled: fix the cause and run `qchain recover %s`",
+		e.VM, e.Op, e.Snapshot, e.Index+1, e.Step, e.causeText(), e.VM)
+}
+
+// Cause is the step's error as the step's description completes it: it
+// unwraps to Err.
+func (e *StepError) Cause() error { return &causeError{text: e.causeText(), err: e.Err} }
+
+type causeError struct {
+	text string
+	err  error
+}
+
+func (c *causeError) Error() string { return c.text }
+func (c *causeError) Unwrap() error { return c.err }
+
+// causeText is the step's error without the file name the step already
+// gives: "F: msg" reads "msg", "F is ..." reads "it is ...".
+func (e *StepError) causeText() string {
+	msg := e.Err.Error()
+	for _, f := range []string{e.Step.File, e.Step.Top} {
+		if f == "" {
+			continue
+		}
+		if rest, ok := strings.CutPrefix(msg, f+": "); ok {
+			return rest
+		}
+		if rest, ok := strings.CutPrefix(msg, f+" is "); ok {
+			return "it is " + rest
+		}
+	}
+	return msg
+}
+
+func (e *StepError) Unwrap() error { return e.Err }
+
 // run executes a journal from its first unfinished step, recording each
 // step as done, then saves the final metadata and drops the journal.
 func (l *Locked) run(j *Journal, ex Executor, before func(op string, index int, s Step)) error {
@@ -140,8 +199,7 @@ func (l *Locked) run(j *Journal, ex Executor, before func(op string, index int, 
 			before(j.Op, i, j.Steps[i])
 		}
 		if err := ex.Run(j.Steps[i]); err != nil {
-			return fmt.Errorf("VM %s: %s of %s: step %d (%s): %w; the operation is journaled: fix the cause and run `qchain recover %s`",
-				l.VM.Name, j.Op, j.Snapshot, i+1, j.Steps[i], err, l.VM.Name)
+			return &StepError{VM: l.VM.Name, Op: j.Op, Snapshot: j.Snapshot, Index: i, Step: j.Steps[i], Err: err}
 		}
 		j.Steps[i].Done = true
 		if err := l.writeJournal(j); err != nil {

@@ -436,7 +436,8 @@ func liveSnapshots(t *testing.T, device bool) {
 					steps = append(steps, s.String())
 					found = found || s.Kind == wantKind
 				}
-				r.logf("live delete %s (%s, merge %s): %s", name, pos, merge, strings.Join(steps, "; "))
+				r.logf("live delete %s (%s, merge %s): %s; kept %v", name, pos, merge, strings.Join(steps, "; "), p.Kept)
+				r.noteKept(p)
 				if !found {
 					r.fatalf("live delete %s: no %s step in %v", name, wantKind, steps)
 				}
@@ -453,7 +454,7 @@ func liveSnapshots(t *testing.T, device bool) {
 	revertRefused := func(name string) {
 		t.Helper()
 		before := dirState(t, r.img, r.state)
-		err := r.m.Revert(v.name, name, true)
+		_, err := r.m.Revert(v.name, name, true)
 		if err == nil || !strings.Contains(err.Error(), "running") {
 			r.fatalf("revert of a running VM: %v, want a refusal that says it runs", err)
 		}
@@ -508,6 +509,7 @@ func liveSnapshots(t *testing.T, device bool) {
 	}
 	for _, p := range plans {
 		v.forget(p.Snapshot)
+		r.noteKept(p)
 		ops++
 	}
 	checkpoint("rotated")
@@ -701,8 +703,12 @@ func TestLiveCreateRollback(t *testing.T) {
 	})
 	defer func() { StepHook = nil }()
 	before, _ := os.ReadDir(dir)
-	if _, err := m.CreateSnapshot("rb", "s1", "", false); err == nil || !strings.Contains(err.Error(), "not taken") {
+	_, err := m.CreateSnapshot("rb", "s1", "", false)
+	if err == nil || !strings.Contains(err.Error(), "not taken") {
 		t.Fatalf("create whose switch fails: %v; want a rolled back failure", err)
+	}
+	if strings.Contains(err.Error(), "recover") {
+		t.Errorf("a rolled back create leaves nothing to recover, but its error says so: %v", err)
 	}
 	after, _ := os.ReadDir(dir)
 	if len(after) != len(before) {

@@ -20,10 +20,13 @@ type VM struct {
 	// Current is the snapshot the current state descends from ("" before
 	// the first snapshot or after its deletion up to the root).
 	Current string `json:"current,omitempty"`
-	// Owned lists the files qchain created for this VM (overlays). Only
-	// these are ever deleted; the VM's original images stay on disk even
-	// when no chain needs them any more.
+	// Owned lists the files qchain created for this VM (overlays).
 	Owned []string `json:"owned,omitempty"`
+	// Originals lists the images the VM was defined on (vm define
+	// --disk): they belong to the VM like its overlays. Owned and
+	// Originals are the VM's files, which a snapshot operation removes
+	// once nothing needs them (see the package doc).
+	Originals []string `json:"originals,omitempty"`
 }
 
 // Disk is one disk of a VM.
@@ -99,11 +102,24 @@ func (s *Snapshot) setFile(target, file string) {
 	}
 }
 
-// owns reports whether qchain created the file for this VM.
-func (vm *VM) owns(file string) bool { return slices.Contains(vm.Owned, file) }
+// files returns the VM's files: Owned, then Originals, each once.
+func (vm *VM) files() []string {
+	var out []string
+	for _, f := range append(slices.Clone(vm.Owned), vm.Originals...) {
+		if !slices.Contains(out, f) {
+			out = append(out, f)
+		}
+	}
+	return out
+}
 
+// isOriginal reports whether the VM was defined on the file.
+func (vm *VM) isOriginal(file string) bool { return slices.Contains(vm.Originals, file) }
+
+// disown drops the file from the VM's files.
 func (vm *VM) disown(file string) {
 	vm.Owned = slices.DeleteFunc(vm.Owned, func(f string) bool { return f == file })
+	vm.Originals = slices.DeleteFunc(vm.Originals, func(f string) bool { return f == file })
 }
 
 // Ancestors returns the names from name up to the root, name first.

@@ -281,7 +281,7 @@ type rig struct {
 	// stable holds the bytes checksum that each image qchain did not
 	// create must keep while it is not a VM's active image.
 	stable  map[string]string
-	extra   map[string]bool // files forgotten with --metadata
+	extra   map[string]string // files a plan kept, with the reason
 	checked map[string]fileID
 	sums    map[string]sumEntry
 	hashes  map[string]sumEntry
@@ -297,7 +297,7 @@ func newRig(t *testing.T, seed int64) *rig {
 	need(t, "qemu-img", "qemu-io", "qemu-storage-daemon")
 	root := t.TempDir()
 	r := &rig{t: t, seed: seed, rnd: rand.New(rand.NewSource(seed)), img: filepath.Join(root, "img"), state: filepath.Join(root, "state"),
-		stable: map[string]string{}, extra: map[string]bool{}, checked: map[string]fileID{}, sums: map[string]sumEntry{},
+		stable: map[string]string{}, extra: map[string]string{}, checked: map[string]fileID{}, sums: map[string]sumEntry{},
 		hashes: map[string]sumEntry{}, ops: map[string]int{}, policy: map[string]bool{}}
 	if err := os.MkdirAll(r.img, 0o700); err != nil {
 		t.Fatal(err)
@@ -608,7 +608,8 @@ func (r *rig) deleteOne(v *vmModel) {
 			r.violation("write-into-gold", "%s: %s writes into %s, shared by every VM", v.name, desc, r.gold)
 		}
 	}
-	r.logf("%s: %s: %s", v.name, desc, strings.Join(steps, "; "))
+	r.logf("%s: %s: %s; kept %v", v.name, desc, strings.Join(steps, "; "), p.Kept)
+	r.noteKept(p)
 	if refuse != "" {
 		r.fatalf("%s: %s succeeded, but commit must be refused: %s", v.name, desc, refuse)
 	}
@@ -645,11 +646,12 @@ func (r *rig) revert(v *vmModel) {
 	force := r.rnd.Intn(2) == 0
 	desc := fmt.Sprintf("revert to %s (force %t, dirty %t)", name, force, v.dirty)
 	if v.dirty && !force {
-		r.refused(v, desc, func() error { return r.m.Revert(v.name, name, false) })
+		r.refused(v, desc, func() error { _, err := r.m.Revert(v.name, name, false); return err })
 		return
 	}
 	before := dirState(r.t, r.img, r.state)
-	if err := r.m.Revert(v.name, name, force); err != nil {
+	p, err := r.m.Revert(v.name, name, force)
+	if err != nil {
 		if d := diffState(before, dirState(r.t, r.img, r.state)); d != "" {
 			r.fatalf("%s: %s failed (%v) and changed files: %s", v.name, desc, err, d)
 		}
@@ -662,7 +664,8 @@ func (r *rig) revert(v *vmModel) {
 		r.ops["refused"]++
 		return
 	}
-	r.logf("%s: %s", v.name, desc)
+	r.logf("%s: %s: removed %v, kept %v", v.name, desc, p.Removed, p.Kept)
+	r.noteKept(p)
 	vm := r.load(v)
 	for _, tg := range v.targets {
 		b, err := guestBytes(vm.Disk(tg).Active)
@@ -699,6 +702,7 @@ func (r *rig) rotate(v *vmModel) {
 	var got []string
 	for _, p := range plans {
 		got = append(got, p.Snapshot)
+		r.noteKept(p)
 	}
 	slices.Reverse(gone) // oldest first
 	if !slices.Equal(got, gone) {
@@ -767,6 +771,14 @@ func (r *rig) check() {
 				r.fatalf("%s: claims to own %s, which it did not create", v.name, f)
 			}
 		}
+		for _, f := range vm.Originals {
+			if _, err := os.Stat(f); err != nil {
+				r.fatalf("%s: original image %s: %v", v.name, f, err)
+			}
+			if !slices.Contains(v.originals, f) {
+				r.fatalf("%s: claims %s as an original image, but it was defined on %v", v.name, f, v.originals)
+			}
+		}
 		// Content of every snapshot and of the current state.
 		for _, s := range vm.Snapshots {
 			for _, tg := range v.targets {
@@ -814,28 +826,47 @@ func (r *rig) check() {
 		}
 		r.checked[f] = id
 	}
-	originals := r.checkOriginals()
-	// No file left that nothing needs.
+	r.checkOriginals()
+	// No file left that nothing needs, unless a plan said why it kept it
+	// (the VM's original images included: they are the VM's files).
 	ents, err := os.ReadDir(r.img)
 	if err != nil {
 		r.fatalf("%v", err)
 	}
 	for _, e := range ents {
 		p := filepath.Join(r.img, e.Name())
-		if inChains[p] || p == r.gold || slices.Contains(originals, p) || r.extra[p] {
+		if inChains[p] || p == r.gold || r.extra[p] != "" {
 			continue
 		}
-		if r.forgottenFile(p) {
-			r.extra[p] = true
-			continue
-		}
-		r.fatalf("%s is left behind: no snapshot and no chain needs it", p)
+		r.fatalf("%s is left behind: no snapshot and no chain needs it, and no operation said why it kept it", p)
 	}
 }
 
-// checkOriginals checks that the images qchain did not create keep their
-// bytes while they are not active (and records them), and returns them.
-func (r *rig) checkOriginals() []string {
+// noteKept records the files a plan kept, which check then accepts, and
+// checks the reasons the rig can produce: --metadata, another VM, or an
+// image of the folder sitting on the file (a VM's, or one --metadata left
+// behind), a running VM's own -blockdev node (the live tests); no other
+// process holds a file here.
+func (r *rig) noteKept(p *Plan) {
+	r.t.Helper()
+	for _, k := range p.Kept {
+		if k.Reason == "" {
+			r.fatalf("%s kept %s without a reason", p.Op, k.File)
+		}
+		if !strings.Contains(k.Reason, "--metadata") && !strings.HasPrefix(k.Reason, "VM ") && !strings.Contains(k.Reason, "uses it as a backing file") &&
+			!strings.Contains(k.Reason, "the running VM keeps it open as its node") {
+			r.violation("kept-"+k.Reason, "%s of %s kept %s: %s", p.Op, p.Snapshot, k.File, k.Reason)
+		}
+		r.extra[k.File] = k.Reason
+	}
+	for _, f := range p.Removed {
+		delete(r.extra, f)
+	}
+}
+
+// checkOriginals checks gold.qcow2, shared by every VM, and records the
+// bytes of the VMs' original images that still exist.
+func (r *rig) checkOriginals() {
 	actives := map[string]bool{}
 	var originals []string
 	for _, v := range r.vms {
@@ -848,6 +879,9 @@ func (r *rig) checkOriginals() []string {
 		r.fatalf("gold.qcow2, shared by every VM, was modified")
 	}
 	for _, f := range originals {
+		if _, err := os.Stat(f); err != nil {
+			continue // removed once nothing needed it
+		}
 		h := r.fileHash(f)
 		if actives[f] || r.stable[f] == "" {
 			r.stable[f] = h
@@ -855,18 +889,6 @@ func (r *rig) checkOriginals() []string {
 		}
 		r.stable[f] = h
 	}
-	return originals
-}
-
-// forgottenFile says whether p is a file the user kept on purpose: owned
-// by a VM that forgot a snapshot with --metadata.
-func (r *rig) forgottenFile(p string) bool {
-	for _, v := range r.vms {
-		if v.forgotten && slices.Contains(r.load(v).Owned, p) {
-			return true
-		}
-	}
-	return false
 }
 
 func randomSeeds() []int64 {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"syscall"
 )
@@ -188,8 +189,10 @@ func (l *Locked) Unlock() {
 func (l *Locked) Save() error { return l.st.save(l.VM) }
 
 // Define creates a VM. Its disks' images must exist; they are recorded by
-// absolute path.
+// absolute path, and as the VM's original images (VM.Originals): they
+// belong to the VM from now on.
 func (st *Store) Define(vm *VM) error {
+	vm.Originals = nil
 	for i := range vm.Disks {
 		abs, err := filepath.Abs(vm.Disks[i].Active)
 		if err != nil {
@@ -199,6 +202,9 @@ func (st *Store) Define(vm *VM) error {
 			return fmt.Errorf("VM %s: disk %s: %w", vm.Name, vm.Disks[i].Target, err)
 		}
 		vm.Disks[i].Active = abs
+		if !slices.Contains(vm.Originals, abs) {
+			vm.Originals = append(vm.Originals, abs)
+		}
 	}
 	if err := vm.validate(); err != nil {
 		return err

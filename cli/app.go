@@ -98,3 +98,9 @@ func jsonIndent(v any) ([]byte, error) {
 	}
 	return append(append([]byte("  "), b...), '\n'), nil
 }
+
+// usageError keeps usage errors to one line (urfave prints the whole help
+// otherwise).
+func usageError(c *cli.Context, err error, _ bool) error {
+	return err
+}

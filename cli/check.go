@@ -42,7 +42,7 @@ func runCheck(c *cli.Context) error {
 	}
 	res, err := f.Check()
 	if err != nil {
-		return exitCode(1, fmt.Errorf("check failed: %w", err))
+		return exitCode(1, fmt.Errorf("check failed: %w", qcow2.WithFile(name, err)))
 	}
 	for _, m := range res.Messages {
 		fmt.Fprintln(c.App.ErrWriter, m)

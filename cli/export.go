@@ -46,8 +46,10 @@ func runExport(c *cli.Context) error {
 		sparse = true
 	}
 	if err := qcow2.Export(chain, f, sparse); err != nil {
+		// A read error names the image, a write error (*os.PathError)
+		// the output file.
 		f.Close()
-		return fmt.Errorf("%s: %w", out, err)
+		return err
 	}
 	return f.Close()
 }

@@ -1,10 +1,6 @@
 package cli
 
 import (
-	"encoding/json"
-	"fmt"
-	"io"
-
 	"github.com/qchain/qchain/qcow2"
 	"github.com/urfave/cli/v2"
 )
@@ -54,13 +50,4 @@ func runInfo(c *cli.Context) error {
 		return writeJSON(w, v)
 	}
 	return qcow2.WriteInfoHuman(w, infos, out)
-}
-
-func writeJSON(w io.Writer, v any) error {
-	b, err := json.MarshalIndent(v, "", "    ")
-	if err != nil {
-		return err
-	}
-	_, err = fmt.Fprintf(w, "%s\n", b)
-	return err
 }

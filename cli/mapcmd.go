@@ -1,7 +1,10 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
+
+	"github.com/qchain/qchain/qcow2"
 
 	"github.com/urfave/cli/v2"
 )
@@ -42,8 +45,10 @@ func runMap(c *cli.Context) error {
 	if asJSON {
 		return chain.WriteMapJSON(c.App.Writer, start, length, out)
 	}
-	if err := chain.WriteMapHuman(c.App.Writer, start, length); err != nil {
+	err = chain.WriteMapHuman(c.App.Writer, start, length)
+	if errors.Is(err, qcow2.ErrMapHuman) {
+		// qemu-img's human layout has no column for such data; JSON has.
 		return fmt.Errorf("%s: %w (use --output=json)", name, err)
 	}
-	return nil
+	return qcow2.WithFile(name, err)
 }

@@ -1,7 +1,9 @@
 package cli
 
 import (
+	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/qchain/qchain/qcow2"
@@ -98,4 +100,36 @@ func imageAndOutput(c *cli.Context) (string, bool, error) {
 	}
 	asJSON, err := outputJSON(c)
 	return name, asJSON, err
+}
+
+func snapshotFlag() cli.Flag {
+	return &cli.StringFlag{Name: "snapshot", Aliases: []string{"l"}, Usage: "read the internal snapshot `ID|NAME` of the top image instead of its current state"}
+}
+
+// openChainAt opens a chain and switches its top to an internal snapshot
+// when --snapshot (or the named flag) is set.
+func openChainAt(c *cli.Context, name, snapFlag string) (*qcow2.Chain, func(), error) {
+	chain, err := openChain(c, name, false)
+	if err != nil {
+		return nil, nil, err
+	}
+	closeFn := func() { chain.Close() }
+	if key := c.String(snapFlag); key != "" {
+		view, err := chain.WithSnapshot(key)
+		if err != nil {
+			closeFn()
+			return nil, nil, err
+		}
+		return view, closeFn, nil
+	}
+	return chain, closeFn, nil
+}
+
+func writeJSON(w io.Writer, v any) error {
+	b, err := json.MarshalIndent(v, "", "    ")
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(w, "%s\n", b)
+	return err
 }

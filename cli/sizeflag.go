@@ -1,7 +1,9 @@
 package cli
 
 import (
+	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 )
@@ -42,8 +44,41 @@ func sizeOf(c *cli.Context, name string) (uint64, bool) {
 	return v.n, v.set
 }
 
-// usageError keeps usage errors to one line (urfave prints the whole help
-// otherwise).
-func usageError(c *cli.Context, err error, _ bool) error {
-	return err
+// ParseSize reads a size as qemu-img does: a number with an optional
+// suffix b, k/K, M, G, T, P, E (powers of 1024).
+func ParseSize(s string) (uint64, error) {
+	if s == "" {
+		return 0, fmt.Errorf("empty size")
+	}
+	mult := uint64(1)
+	switch s[len(s)-1] {
+	case 'b', 'B':
+		s = s[:len(s)-1]
+	case 'k', 'K':
+		mult, s = 1<<10, s[:len(s)-1]
+	case 'm', 'M':
+		mult, s = 1<<20, s[:len(s)-1]
+	case 'g', 'G':
+		mult, s = 1<<30, s[:len(s)-1]
+	case 't', 'T':
+		mult, s = 1<<40, s[:len(s)-1]
+	case 'p', 'P':
+		mult, s = 1<<50, s[:len(s)-1]
+	case 'e', 'E':
+		mult, s = 1<<60, s[:len(s)-1]
+	}
+	if f, err := strconv.ParseFloat(s, 64); err == nil && strings.ContainsAny(s, ".") {
+		if f < 0 || f*float64(mult) >= 1<<63 {
+			return 0, fmt.Errorf("size %q out of range", s)
+		}
+		return uint64(f * float64(mult)), nil
+	}
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("invalid size %q", s)
+	}
+	if n > (1<<63-1)/mult {
+		return 0, fmt.Errorf("size %q out of range", s)
+	}
+	return n * mult, nil
 }

@@ -112,6 +112,11 @@ func runLiveCases(t *testing.T, kind vmKind) {
 			if jobs := vm.jobs(t); len(jobs) != 0 {
 				t.Errorf("jobs left in QEMU: %+v", jobs)
 			}
+			if tc.dest != "" && strings.Contains(vm.stderr.String(), "Formatting") {
+				// QEMU created DEST and said so on its own output, which is
+				// often qchain's terminal: qchain creates it.
+				t.Errorf("qchain %v let QEMU create DEST:\n%s", args, vm.stderr)
+			}
 			// What QEMU now uses, as qchain disks reports it.
 			r := mustQchain(t, bin, c.dir, "disks", "--qmp", vm.sock, "--output=json")
 			if got := disksTop(t, r.Stdout, vm.disk); got != tc.top {
@@ -224,6 +229,10 @@ func TestBlockOffline(t *testing.T) {
 			r := mustQchain(t, bin, c.dir, args...)
 			if !strings.Contains(string(r.Stderr), "100%") {
 				t.Errorf("--verbose drew no finished progress bar: %q", r.Stderr)
+			}
+			if strings.Contains(string(r.Stderr), "\r") {
+				// stderr is a pipe here: plain lines, no redrawn bar.
+				t.Errorf("--verbose redrew a bar into a pipe: %q", r.Stderr)
 			}
 			c.checkChain(t, c.path(tt.top), tt.chain...)
 			c.checkContent(t, bin, c.path(tt.top))

@@ -95,13 +95,13 @@ func confine(root, name string) error {
 		// never name a file outside the root.
 		abs, _ := filepath.Abs(name)
 		if !within(r, abs) {
-			return fmt.Errorf("%w: %s is outside the backing root %s", ErrChain, name, root)
+			return withFile(name, fmt.Errorf("%w: outside the backing root %s", ErrChain, root))
 		}
 		return err
 	}
 	p, _ = filepath.Abs(p)
 	if !within(r, p) {
-		return fmt.Errorf("%w: %s is outside the backing root %s", ErrChain, name, root)
+		return withFile(name, fmt.Errorf("%w: outside the backing root %s", ErrChain, root))
 	}
 	return nil
 }
@@ -167,7 +167,7 @@ func OpenChain(name string, opts ChainOptions) (*Chain, error) {
 	for depth := 0; ; depth++ {
 		if depth > MaxChainDepth {
 			c.Close()
-			return nil, fmt.Errorf("%w: %s: backing chain is too deep (more than %d layers)", ErrChain, name, MaxChainDepth)
+			return nil, withFile(name, fmt.Errorf("%w: too deep (more than %d layers)", ErrChain, MaxChainDepth))
 		}
 		st, err := os.Stat(cur)
 		if err != nil {
@@ -180,7 +180,7 @@ func OpenChain(name string, opts ChainOptions) (*Chain, error) {
 		for _, s := range seen {
 			if os.SameFile(s, st) {
 				c.Close()
-				return nil, fmt.Errorf("%w: %s: backing chain loop: %s appears twice", ErrChain, name, cur)
+				return nil, withFile(name, fmt.Errorf("%w: loop: the backing file of %s is %s, already in the chain", ErrChain, c.Layers[depth-1].Filename(), cur))
 			}
 		}
 		seen = append(seen, st)

@@ -252,7 +252,7 @@ func (f *File) Check() (*CheckResult, error) {
 func (f *File) references() (_ *checker, err error) {
 	res := &CheckResult{Filename: f.Name, Format: "qcow2"}
 	if u := f.Header.UnknownIncompatible(); u != 0 {
-		return nil, f.readable()
+		return nil, withFile(f.Name, f.readable())
 	}
 	snaps, err := f.Snapshots()
 	if err != nil {

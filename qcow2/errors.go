@@ -3,6 +3,7 @@ package qcow2
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Sentinel errors callers can branch on with errors.Is.
@@ -48,13 +49,21 @@ type fileError struct {
 func (e *fileError) Error() string { return e.Name + ": " + e.Err.Error() }
 func (e *fileError) Unwrap() error { return e.Err }
 
+// withFile prefixes err with the file name, unless it has no name (a File
+// made by NewFile) or err already names a file: a message names each file
+// once, in front.
 func withFile(name string, err error) error {
-	if err == nil {
-		return nil
+	if err == nil || name == "" {
+		return err
 	}
 	var fe *fileError
-	if errors.As(err, &fe) {
+	if errors.As(err, &fe) || strings.HasPrefix(err.Error(), name+": ") {
 		return err
 	}
 	return &fileError{Name: name, Err: err}
 }
+
+// WithFile prefixes err with the file name as this package's errors are:
+// unchanged when err is nil, name is empty or err already starts with a
+// file name this package put there (or with name itself).
+func WithFile(name string, err error) error { return withFile(name, err) }

@@ -68,7 +68,7 @@ func (f *File) extent(off, max uint64, tc *TableCursor) (Extent, error) {
 		return Extent{}, fmt.Errorf("extent at %#x is outside the virtual size %#x", off, vsize)
 	}
 	if err := f.readErr; err != nil {
-		return Extent{}, err
+		return Extent{}, withFile(f.Name, err)
 	}
 	l1, err := f.L1()
 	if err != nil {

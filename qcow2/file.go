@@ -169,13 +169,14 @@ func (f *File) ClusterSize() uint64 { return f.Header.ClusterSize() }
 func (f *File) ReaderAt() io.ReaderAt { return f.r }
 
 // readable reports why the guest data of this file cannot be read, if so.
+// NewFile calls it before Open sets the name: readers add the name.
 func (f *File) readable() error {
 	h := f.Header
 	if u := h.UnknownIncompatible(); u != 0 {
-		return withFile(f.Name, fmt.Errorf("%w: unknown incompatible feature(s): %s", ErrUnsupported, h.featureNames(u)))
+		return fmt.Errorf("%w: unknown incompatible feature(s): %s", ErrUnsupported, h.featureNames(u))
 	}
 	if h.CryptMethod != CryptNone {
-		return withFile(f.Name, fmt.Errorf("%w: image is encrypted (%s); reading encrypted data is not supported", ErrUnsupported, cryptName(h.CryptMethod)))
+		return fmt.Errorf("%w: image is encrypted (%s); reading encrypted data is not supported", ErrUnsupported, cryptName(h.CryptMethod))
 	}
 	return nil
 }

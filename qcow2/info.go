@@ -1,9 +1,6 @@
 package qcow2
 
-import (
-	"fmt"
-	"os"
-)
+import "os"
 
 // ImageInfo is what `qemu-img info --output=json` prints for one image;
 // it marshals to the same keys, present or absent as qemu-img has them in
@@ -276,7 +273,7 @@ func (c *Chain) ChainInfo(opts OutputOptions) ([]*ImageInfo, error) {
 	for i, l := range c.Layers {
 		info, err := Info(l, c.Probed[i], opts)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", l.Filename(), err)
+			return nil, withFile(l.Filename(), err)
 		}
 		out = append(out, info)
 	}

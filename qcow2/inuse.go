@@ -1,20 +1,6 @@
 package qcow2
 
-import (
-	"errors"
-	"fmt"
-	"os"
-	"syscall"
-)
-
-// ErrInUse reports an image that another process has open for use: a
-// QEMU (qemu-system, qemu-img, qemu-storage-daemon, qemu-nbd) holds one of
-// its lock bytes.
-var ErrInUse = errors.New("in use by another process (qemu holds its lock)")
-
-// fOFDGetlk is F_OFD_GETLK: which lock, if any, would block one we ask
-// about, without taking it.
-const fOFDGetlk = 36
+import "os"
 
 // CheckNotInUse returns an error wrapping ErrInUse when another process
 // holds any of QEMU's lock bytes of the file name, so that a writer can
@@ -35,24 +21,4 @@ func CheckNotInUse(name string) error {
 	}
 	release()
 	return nil
-}
-
-// HeldByOther reports whether another process holds any of QEMU's lock
-// bytes of the file name: a QEMU has it open. It only asks the kernel
-// (F_OFD_GETLK) and takes no lock, so it is safe for inspection.
-func HeldByOther(name string) (bool, error) {
-	f, err := os.Open(name)
-	if err != nil {
-		return false, err
-	}
-	defer f.Close()
-	return heldByOther(f)
-}
-
-func heldByOther(f *os.File) (bool, error) {
-	lk := syscall.Flock_t{Type: syscall.F_WRLCK, Whence: 0, Start: qemuLockFirst, Len: qemuLockLen}
-	if err := syscall.FcntlFlock(f.Fd(), fOFDGetlk, &lk); err != nil {
-		return false, fmt.Errorf("%s: asking for locks: %w", f.Name(), err)
-	}
-	return lk.Type != syscall.F_UNLCK, nil
 }

@@ -18,7 +18,7 @@ func TestCheckNotInUse(t *testing.T) {
 	if err := CheckNotInUse(p); err != nil {
 		t.Fatalf("free image: %v", err)
 	}
-	if held, err := HeldByOther(p); err != nil || held {
+	if held, err := InUse(p); err != nil || held {
 		t.Fatalf("free image: held %v, %v", held, err)
 	}
 	other, err := os.OpenFile(p, os.O_RDWR, 0)
@@ -33,7 +33,7 @@ func TestCheckNotInUse(t *testing.T) {
 	if err := CheckNotInUse(p); !errors.Is(err, ErrInUse) {
 		t.Fatalf("held image: got %v, want ErrInUse", err)
 	}
-	if held, err := HeldByOther(p); err != nil || !held {
+	if held, err := InUse(p); err != nil || !held {
 		t.Fatalf("held image: held %v, %v", held, err)
 	}
 	release()

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"syscall"
 )
 
 // CreateOptions describes a new image. The zero value of each field is
@@ -253,31 +252,6 @@ func buildHeader(h headerFields, backing, backingFmt string, before, after []raw
 type rawExtension struct {
 	typ  uint32
 	data []byte
-}
-
-// Lock bytes QEMU's file driver takes with open file description locks:
-// 100+n for each permission it uses, 200+n for each it refuses to share.
-const (
-	qemuLockFirst = 100
-	qemuLockLen   = 200
-	fOFDSetlk     = 37 // F_OFD_SETLK
-)
-
-// lockImage takes QEMU's lock bytes exclusively, so the file is not in
-// use by qemu (or qemu-img) now and cannot be opened by it until the
-// returned release is called.
-func lockImage(f *os.File) (func(), error) {
-	lk := syscall.Flock_t{Type: syscall.F_WRLCK, Whence: 0, Start: qemuLockFirst, Len: qemuLockLen}
-	if err := syscall.FcntlFlock(f.Fd(), fOFDSetlk, &lk); err != nil {
-		if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EACCES) {
-			return nil, fmt.Errorf("%s: %w", f.Name(), ErrInUse)
-		}
-		return nil, fmt.Errorf("%s: locking: %w", f.Name(), err)
-	}
-	return func() {
-		lk.Type = syscall.F_UNLCK
-		syscall.FcntlFlock(f.Fd(), fOFDSetlk, &lk)
-	}, nil
 }
 
 // Rebase rewrites the backing file name and format recorded in a qcow2 v3

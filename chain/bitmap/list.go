@@ -82,7 +82,7 @@ func List(ctx context.Context, name string, opts Options) ([]Info, error) {
 		// An error here (no permission to ask) leaves held false: the
 		// in-use bitmaps are then called inconsistent, QEMU's view of an
 		// image it opens.
-		held, _ = qcow2.HeldByOther(name)
+		held, _ = qcow2.InUse(name)
 	}
 	out := []Info{}
 	for i := range bms {

@@ -40,8 +40,8 @@ type Plan struct {
 
 	starter qmp.JobStarter
 	disks   []qmp.Disk // all disks when planning, for the idle check
-	// created is a file the plan made (a shallow copy's DEST), removed
-	// again if the job does not start.
+	// created is a file the plan made (a copy's DEST), removed again if
+	// the job does not start.
 	created string
 	// wait is set when the options ask for something only a waiting Run
 	// can do: a pivot, a finish, deleting files.
@@ -229,9 +229,9 @@ func (t *Target) PlanCommit(ctx context.Context, disk string, opts CommitOptions
 
 // PlanCopy plans a drive-mirror of the disk called disk to the file dest:
 // created with the active layer's format unless opts.ReuseExternal, and
-// kept in sync until the job ends as opts say. A shallow qcow2 copy is
-// created here, on the backing file's plain name; Run removes it again if
-// the job does not start.
+// kept in sync until the job ends as opts say. A qcow2 or raw DEST is
+// created here (a shallow one on the backing file's plain name) and QEMU
+// reuses it; Run removes it again if the job does not start.
 func (t *Target) PlanCopy(ctx context.Context, disk, dest string, opts CopyOptions) (*Plan, error) {
 	disks, d, err := t.disk(ctx, disk)
 	if err != nil {
@@ -277,12 +277,14 @@ func (t *Target) PlanCopy(ctx context.Context, disk, dest string, opts CopyOptio
 		}
 		jm.Format = d.Chain[0].Format
 		jm.Mode = qmp.ModeAbsolutePaths
-		if jm.Sync == qmp.SyncTop && len(d.Chain) > 1 && jm.Format == "qcow2" {
-			// QEMU would record the backing node's filename, a broken
-			// "json:{...}" for nodes opened with explicit backing
-			// references (-blockdev, offline): create DEST as QEMU would,
-			// on the backing file's plain name, and let QEMU reuse it.
-			if err := createShallowTarget(absDest, d); err != nil {
+		if jm.Format == "qcow2" || jm.Format == "raw" {
+			// DEST is made here as QEMU would make it, and QEMU reuses
+			// it: QEMU creating it prints "Formatting '...'" on its own
+			// stdout (a VM's terminal is often qchain's), and for a
+			// shallow copy would record the backing node's filename, a
+			// broken "json:{...}" for nodes opened with explicit backing
+			// references (-blockdev, offline).
+			if err := createTarget(absDest, d, jm.Sync == qmp.SyncTop); err != nil {
 				return nil, fmt.Errorf("%s: creating DEST %s: %w", label, dest, err)
 			}
 			jm.Mode = qmp.ModeExisting
@@ -328,18 +330,35 @@ func backingName(base qmp.ChainLayer) string {
 	return base.Filename
 }
 
-// createShallowTarget creates dest as drive-mirror would for sync=top:
-// qcow2, the size of d's active layer, backed by its backing file.
-func createShallowTarget(dest string, d qmp.Disk) error {
+// createTarget creates dest as drive-mirror would: in the format of d's
+// active layer and of its size; for a shallow qcow2 copy (sync=top) backed
+// by the active layer's backing file, under its plain name.
+func createTarget(dest string, d qmp.Disk, shallow bool) error {
 	top, _, err := qcow2.OpenLayer(d.Chain[0].Filename, d.Chain[0].Format, qcow2.ChainOptions{})
 	if err != nil {
 		return err
 	}
 	size := top.Size()
 	top.Close()
-	b := d.Chain[1]
-	if strings.HasPrefix(b.Filename, "json:") {
-		return fmt.Errorf("the backing node %s has no plain file name (%s)", b.NodeName, b.Filename)
+	if d.Chain[0].Format == "raw" {
+		f, err := os.OpenFile(dest, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+		if err != nil {
+			return err
+		}
+		if err := f.Truncate(int64(size)); err != nil {
+			f.Close()
+			os.Remove(dest)
+			return err
+		}
+		return f.Close()
 	}
-	return qcow2.Create(dest, qcow2.CreateOptions{Size: size, BackingFile: b.Filename, BackingFormat: b.Format})
+	opts := qcow2.CreateOptions{Size: size}
+	if shallow && len(d.Chain) > 1 {
+		b := d.Chain[1]
+		if strings.HasPrefix(b.Filename, "json:") {
+			return fmt.Errorf("the backing node %s has no plain file name (%s)", b.NodeName, b.Filename)
+		}
+		opts.BackingFile, opts.BackingFormat = b.Filename, b.Format
+	}
+	return qcow2.Create(dest, opts)
 }

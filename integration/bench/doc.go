@@ -1,6 +1,8 @@
 // Command bench measures qchain against qemu-img on generated images, in
 // one run, and prints the ratios (`make bench`, or
-// `go run ./integration/bench [-n N] [-quick] [-dir DIR]`).
+// `go run ./integration/bench [-n N] [-quick] [-dir DIR] [-run REGEXP]`;
+// `make bench BENCH_FLAGS='-run snapshot'` measures only the cases whose
+// name matches, and makes only their images).
 //
 // Cases, each with the goal it is held to:
 //   - --version of both tools: the start-up baseline, no goal;
@@ -10,7 +12,12 @@
 //   - check --output=json of an 8 GiB image with 20,000 random 64 KiB
 //     writes: at least 3x;
 //   - peak memory (max RSS) of qchain map and check on a 1 TiB image with
-//     scattered writes: under 64 MiB.
+//     scattered writes: under 64 MiB;
+//   - block jobs (jobs.go): an active commit against a direct QMP client
+//     (under 5% overhead), offline commit and pull against qemu-img
+//     (reported), and snapshot create + snapshot delete with nothing
+//     written between against qemu-img create -b + qemu-img commit (qchain
+//     at least as fast: the merge copies nothing and starts no daemon).
 //
 // Every timing warms the page cache with one untimed run of each tool, then
 // takes the median of -n runs, alternating the tools. The outputs of both

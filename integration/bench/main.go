@@ -8,7 +8,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -81,7 +83,14 @@ func run() int {
 	quick := flag.Bool("quick", false, "small images, for a fast smoke run (goals are not meaningful)")
 	dir := flag.String("dir", defDir, "folder that caches the generated images (env BENCH_DIR)")
 	timeout := flag.Duration("timeout", 10*time.Minute, "limit on one run of a tool")
+	only := flag.String("run", "", "measure only the cases whose name matches this regular expression (and make only their images)")
 	flag.Parse()
+	filter, err := regexp.Compile(*only)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench: -run:", err)
+		return 2
+	}
+	selected := filter.MatchString
 	if *n < 1 {
 		fmt.Fprintln(os.Stderr, "bench: -n must be at least 1")
 		return 2
@@ -121,9 +130,37 @@ func run() int {
 		fmt.Printf("- peak-RSS floor (launcher running `true`): %s\n", fmtKiB(r.MaxRSSKiB))
 	}
 	printStartFloor(max(*n, 10))
-	fmt.Println("\n## Images")
+	// The cases name their images by spec (an Image holding only its
+	// Spec, and "$IMAGE:label" or "$DIR:label/" in arguments); only the
+	// images of the selected cases are made.
 	images := map[string]*Image{}
-	for _, spec := range []ImageSpec{chainSpec, checkSpec, hugeSpec, diffSpec} {
+	top := func(label string) string { return "$IMAGE:" + label }
+	cases := []Case{
+		{Name: "start-up baseline (--version)", Sub: []string{"--version"}, Baseline: true},
+		{Name: fmt.Sprintf("map, %d-layer chain", chainSpec.Layers), Image: &Image{Spec: chainSpec},
+			Sub: []string{"map", "--output=json"}, SpeedGoal: 20},
+		{Name: fmt.Sprintf("info --backing-chain, %d-layer chain", chainSpec.Layers), Image: &Image{Spec: chainSpec},
+			Sub: []string{"info", "--backing-chain", "--output=json"}, SpeedGoal: 5},
+		{Name: fmt.Sprintf("check, %s image", sizeName(checkSpec.VirtualSize)), Image: &Image{Spec: checkSpec},
+			Sub: []string{"check", "--output=json"}, SpeedGoal: 3},
+		{Name: fmt.Sprintf("layers vs qemu-img map, %d-layer chain", chainSpec.Layers), Image: &Image{Spec: chainSpec}, SpeedGoal: 1,
+			QchainArgs: []string{"layers", "--output=json", top("chain")},
+			QemuArgs:   []string{"map", "--output=json", top("chain")}},
+		{Name: fmt.Sprintf("diff of two snapshots (1%% apart) vs compare of identical chains, %s", sizeName(diffSpec.VirtualSize)), Image: &Image{Spec: diffSpec}, SpeedGoal: 10,
+			QchainArgs: []string{"diff", "--output=json", "$DIR:diff/" + layerName(1), top("diff")},
+			QemuArgs:   []string{"compare", top("diff"), top("diff")}},
+		{Name: "map, 1T image (memory)", Image: &Image{Spec: hugeSpec}, Sub: []string{"map", "--output=json"}},
+		{Name: "check, 1T image (memory)", Image: &Image{Spec: hugeSpec}, Sub: []string{"check", "--output=json"}},
+	}
+	cases = slices.DeleteFunc(cases, func(c Case) bool { return !selected(c.Name) })
+	if len(cases) > 0 {
+		fmt.Println("\n## Images")
+	}
+	for _, c := range cases {
+		if c.Image == nil || images[c.Image.Spec.Label] != nil {
+			continue
+		}
+		spec := c.Image.Spec
 		fmt.Printf("- %s (%s): ", spec.Key(), spec.Describe())
 		img, err := Prepare(*dir, spec)
 		if err != nil {
@@ -138,26 +175,25 @@ func run() int {
 		fmt.Printf("%s %s, %.0f MiB of qcow2 files\n", how, img.GenTime.Round(100*time.Millisecond), float64(img.HostBytes)/(1<<20))
 		images[spec.Label] = img
 	}
-
-	cases := []Case{
-		{Name: "start-up baseline (--version)", Sub: []string{"--version"}, Baseline: true},
-		{Name: fmt.Sprintf("map, %d-layer chain", chainSpec.Layers), Image: images["chain"],
-			Sub: []string{"map", "--output=json"}, SpeedGoal: 20},
-		{Name: fmt.Sprintf("info --backing-chain, %d-layer chain", chainSpec.Layers), Image: images["chain"],
-			Sub: []string{"info", "--backing-chain", "--output=json"}, SpeedGoal: 5},
-		{Name: fmt.Sprintf("check, %s image", sizeName(checkSpec.VirtualSize)), Image: images["single"],
-			Sub: []string{"check", "--output=json"}, SpeedGoal: 3},
-		{Name: fmt.Sprintf("layers vs qemu-img map, %d-layer chain", chainSpec.Layers), Image: images["chain"], SpeedGoal: 1,
-			QchainArgs: []string{"layers", "--output=json", images["chain"].Top},
-			QemuArgs:   []string{"map", "--output=json", images["chain"].Top}},
-		{Name: fmt.Sprintf("diff of two snapshots (1%% apart) vs compare of identical chains, %s", sizeName(diffSpec.VirtualSize)), Image: images["diff"], SpeedGoal: 10,
-			QchainArgs: []string{"diff", "--output=json", filepath.Join(images["diff"].Dir, layerName(1)), images["diff"].Top},
-			QemuArgs:   []string{"compare", images["diff"].Top, images["diff"].Top}},
-		{Name: "map, 1T image (memory)", Image: images["huge"], Sub: []string{"map", "--output=json"}},
-		{Name: "check, 1T image (memory)", Image: images["huge"], Sub: []string{"check", "--output=json"}},
+	for i := range cases {
+		c := &cases[i]
+		if c.Image == nil {
+			continue
+		}
+		c.Image = images[c.Image.Spec.Label]
+		for _, args := range [][]string{c.QchainArgs, c.QemuArgs} {
+			for k, a := range args {
+				for label, img := range images {
+					a = strings.ReplaceAll(a, "$IMAGE:"+label, img.Top)
+					a = strings.ReplaceAll(a, "$DIR:"+label+"/", img.Dir+"/")
+				}
+				args[k] = a
+			}
+		}
 	}
-
-	fmt.Println("\n## Commands")
+	if len(cases) > 0 {
+		fmt.Println("\n## Commands")
+	}
 	var results []*Result
 	mismatch, failed := false, false
 	for _, c := range cases {
@@ -210,7 +246,7 @@ func run() int {
 	}
 
 	jobRuns := max(*n, 3)
-	jobResults, ok := runJobBench(*dir, qchain, jobRuns, *quick, *timeout, qemuVersion())
+	jobResults, ok := runJobBench(*dir, qchain, jobRuns, *quick, *timeout, selected, qemuVersion())
 	if !ok {
 		return 2
 	}
@@ -220,7 +256,7 @@ func run() int {
 		fmt.Printf("\n(no QEMU 10.0 block-job rows: %v)\n", err)
 	} else {
 		restore := prependPath(bin)
-		more, ok := runJobBench(*dir, qchain, jobRuns, *quick, *timeout, qemuVersion())
+		more, ok := runJobBench(*dir, qchain, jobRuns, *quick, *timeout, selected, qemuVersion())
 		restore()
 		if !ok {
 			return 2
@@ -249,6 +285,9 @@ func run() int {
 }
 
 func printTables(results []*Result, n int) {
+	if len(results) == 0 {
+		return
+	}
 	fmt.Printf("\n## Time (median of %d runs after one warm-up run of each tool)\n\n", n)
 	fmt.Println("| case | qchain | qemu-img | ratio (qemu-img/qchain) | goal | result | output |")
 	fmt.Println("|---|---:|---:|---:|---:|---|---|")

@@ -17,7 +17,7 @@ import (
 	"github.com/qchain/qchain/qmp"
 )
 
-// Helpers of the block job tests: a three-layer chain with known content
+// The block job tests' fixtures: a three-layer chain with known content
 // and its expected guest view as a raw file, a real qemu-system-x86_64
 // (-drive or -blockdev) with a second QMP monitor for guest writes, and
 // checks of content, on-disk chains and consistency.

@@ -19,8 +19,8 @@ import (
 // blockcopy start a job on a disk of a running QEMU (--qmp) or, when DISK
 // is an image path, on a private qemu-storage-daemon (offline); blockjob
 // follows, steers or finishes a job, also one a killed qchain left behind;
-// disks lists disks, chains and jobs. The files are block*.go; the work is
-// package chain/blockjob's, these only parse flags and print.
+// disks lists disks, chains and jobs. The files are block*.go and disks.go;
+// the work is package chain/blockjob's, these only parse flags and print.
 
 // Exit codes of the block job commands beyond 0 (done) and 1 (failed).
 const exitInterrupted = 130 // the job was aborted on SIGINT or SIGTERM
@@ -147,4 +147,62 @@ func jobExit(err error) error {
 // readyMessage is what a job left ready says.
 func readyMessage(label, id, hint string) string {
 	return fmt.Sprintf("%s: job %s is ready (in sync); %s", label, id, hint)
+}
+
+// planFunc turns a job command's flags and arguments into its plan.
+type planFunc func(ctx context.Context, c *cli.Context, t *blockjob.Target, args []string) (*blockjob.Plan, error)
+
+// runJobCommand is blockpull, blockcommit and blockcopy: open the target,
+// plan, run, and report how far the job got.
+func runJobCommand(c *cli.Context, nargs int, usage string, plan planFunc) error {
+	args, err := diskArgs(c, nargs, usage)
+	if err != nil {
+		return err
+	}
+	w, err := jobWaitOf(c)
+	if err != nil {
+		return err
+	}
+	speed, err := bandwidthOf(c)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signalContext(c.Context)
+	defer stop()
+
+	t, err := openTarget(ctx, c, args[0])
+	if err != nil {
+		return err
+	}
+	defer t.Close()
+	p, err := plan(ctx, c, t, args)
+	if err != nil {
+		return err
+	}
+	res, err := t.Run(ctx, p, blockjob.RunOptions{Bandwidth: speed, Wait: w.wait, WaitOptions: w.options(c)})
+	if res == nil {
+		return jobExit(err)
+	}
+	switch res.Outcome {
+	case blockjob.Started:
+		fmt.Fprintf(c.App.Writer, "Started the %s on %s (job %s); see it with qchain blockjob --qmp %s %s, finish it with --wait, --pivot or --abort\n",
+			p.What, p.Label, res.JobID, c.String("qmp"), p.Disk.Name())
+		return nil
+	case blockjob.Ready:
+		fmt.Fprintln(c.App.Writer, readyMessage(p.Label, res.JobID, t.ReadyHint(p.Disk)))
+		return nil
+	}
+	if t.Offline() {
+		fmt.Fprintf(c.App.Writer, "%s; the chain is now %s\n", p.Done, blockjob.ChainLine(res.Chain))
+	} else {
+		fmt.Fprintf(c.App.Writer, "%s; %s: %s\n", p.Done, p.Label, blockjob.ChainLine(res.Chain))
+		if res.KeptActive != "" {
+			fmt.Fprintf(c.App.ErrWriter, "qchain: note: %s: QEMU kept %s as the disk's active layer (a node no device uses is not replaced by a pivot); the data is complete in %s\n",
+				p.Label, res.KeptActive, p.NewTop)
+		}
+	}
+	for _, f := range res.Removed {
+		fmt.Fprintf(c.App.Writer, "Deleted %s\n", f)
+	}
+	return err
 }

@@ -1,0 +1,123 @@
+package chain
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/qchain/qchain/qmp"
+)
+
+// CreateSnapshot takes snapshot name of every disk of the VM: a new overlay
+// on each active image, made active atomically (one QMP transaction when
+// the VM runs, optionally with the guest's file systems frozen through its
+// agent).
+func (m *Manager) CreateSnapshot(vmName, name, description string, quiesce bool) (*Snapshot, error) {
+	if err := validName("snapshot", name); err != nil {
+		return nil, err
+	}
+	l, err := m.Store.Lock(vmName, false)
+	if err != nil {
+		return nil, err
+	}
+	defer l.Unlock()
+	vm := l.VM
+	if vm.Snapshot(name) != nil {
+		return nil, fmt.Errorf("VM %s already has a snapshot %s", vm.Name, name)
+	}
+	if err := Verify(vm); err != nil {
+		return nil, err
+	}
+	ex, done, err := m.liveExecutor(vm)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	if quiesce && ex.Live == nil {
+		return nil, fmt.Errorf("VM %s: --quiesce needs a running VM (its QMP socket does not answer)", vm.Name)
+	}
+	if quiesce && vm.QGA == "" {
+		return nil, fmt.Errorf("VM %s: --quiesce needs the guest agent socket (vm define --qga)", vm.Name)
+	}
+	final := clone(vm)
+	snap := &Snapshot{Name: name, Parent: vm.Current, Created: m.now(), Description: description}
+	j := &Journal{Op: "create", Snapshot: name, Started: m.now(), Live: ex.Live != nil}
+	var live Step
+	live.Kind = StepLiveSnapshot
+	for i, d := range vm.Disks {
+		ov := overlayName(filepath.Dir(d.Active), vm.Name, d.Target, name)
+		j.Steps = append(j.Steps, Step{Kind: StepCreateOverlay, Target: d.Target, File: ov, Backing: relName(ov, d.Active), BackingFmt: formatOf(d.Active),
+			Why: "new active image of " + d.Target + "; " + filepath.Base(d.Active) + " becomes read-only and holds the snapshot"})
+		snap.Disks = append(snap.Disks, SnapshotDisk{Target: d.Target, File: d.Active})
+		final.Disks[i].Active = ov
+		final.Owned = append(final.Owned, ov)
+		live.Targets = append(live.Targets, d.Target)
+		live.Files = append(live.Files, ov)
+	}
+	if ex.Live != nil {
+		j.Steps = append(j.Steps, live)
+	}
+	final.Snapshots = append(final.Snapshots, snap)
+	final.Current = name
+	j.Final = final
+	run := func() error {
+		err := l.run(j, ex, m.BeforeStep)
+		if err != nil && ex.Live != nil {
+			// QEMU's transaction is all or nothing: when it failed, no
+			// disk switched, so the new overlays are removed and the
+			// operation is undone rather than left to recover.
+			if rerr := m.rollbackCreate(l, j, ex.Live); rerr == nil {
+				// Nothing is left to recover: no recovery hint.
+				var se *StepError
+				if errors.As(err, &se) {
+					return fmt.Errorf("VM %s: snapshot %s not taken (the new overlays were removed): step %d (%s): %w", vm.Name, name, se.Index+1, se.Step, se.Cause())
+				}
+				return fmt.Errorf("VM %s: snapshot %s not taken (the new overlays were removed): %w", vm.Name, name, err)
+			}
+		}
+		return err
+	}
+	if quiesce {
+		ga, err := qmp.DialGuestAgent(m.ctx(), vm.QGA)
+		if err != nil {
+			return nil, fmt.Errorf("VM %s: guest agent: %w", vm.Name, err)
+		}
+		defer ga.Close()
+		err = qmp.WithFrozenFilesystems(m.ctx(), ga, func(context.Context) error { return run() })
+		if err != nil {
+			return nil, err
+		}
+	} else if err := run(); err != nil {
+		return nil, err
+	}
+	return snap, nil
+}
+
+// rollbackCreate undoes a live create whose transaction did not switch any
+// disk: it removes the overlays the journal created and drops the journal.
+// It refuses (returns an error) when any disk already runs on a new overlay.
+func (m *Manager) rollbackCreate(l *Locked, j *Journal, live *Live) error {
+	for _, s := range j.Steps {
+		if s.Kind == StepLiveSnapshot && s.Done {
+			return fmt.Errorf("the switch happened")
+		}
+	}
+	for _, s := range j.Steps {
+		if s.Kind != StepCreateOverlay {
+			continue
+		}
+		if d, _, err := live.diskFor(m.ctx(), s.File); err != nil || d != nil {
+			return fmt.Errorf("%s is in use", s.File)
+		}
+	}
+	for _, s := range j.Steps {
+		if s.Kind == StepCreateOverlay {
+			if err := os.Remove(s.File); err != nil && !os.IsNotExist(err) {
+				return err
+			}
+		}
+	}
+	return l.dropJournal()
+}

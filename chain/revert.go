@@ -1,0 +1,92 @@
+package chain
+
+import (
+	"fmt"
+	"path/filepath"
+
+	"github.com/qchain/qchain/qcow2"
+)
+
+// holdsChanges reports whether an image allocates anything of its own.
+func holdsChanges(file string) (bool, error) {
+	c, err := qcow2.OpenChain(file, qcow2.ChainOptions{NoBacking: true})
+	if err != nil {
+		return false, err
+	}
+	defer c.Close()
+	st, err := c.Stats()
+	if err != nil {
+		return false, err
+	}
+	return st[0].AllocatedBytes > 0, nil
+}
+
+// Revert makes snapshot name's point in time current: a new overlay on its
+// files for every disk. The old current state is discarded: refused when
+// it holds changes no snapshot keeps, unless force; the VM's files it
+// leaves needed by nothing are removed or named in the plan's Kept. A
+// running VM is refused (a disk-only revert under a live guest corrupts
+// it). The plan returned says what was done.
+func (m *Manager) Revert(vmName, name string, force bool) (*Plan, error) {
+	l, err := m.Store.Lock(vmName, false)
+	if err != nil {
+		return nil, err
+	}
+	defer l.Unlock()
+	vm := l.VM
+	s := vm.Snapshot(name)
+	if s == nil {
+		return nil, fmt.Errorf("VM %s has no snapshot %s", vm.Name, name)
+	}
+	if vm.QMP != "" {
+		if conn, err := DialVM(m.ctx(), vm); err == nil {
+			conn.Close()
+			return nil, fmt.Errorf("VM %s is running (its QMP socket %s answers): stop it before reverting its disks", vm.Name, vm.QMP)
+		}
+	}
+	if err := Verify(vm); err != nil {
+		return nil, err
+	}
+	final := clone(vm)
+	p := &Plan{VM: vm.Name, Op: "revert", Snapshot: name, Before: map[string]string{}, After: map[string]string{}}
+	for i, d := range vm.Disks {
+		changed, err := holdsChanges(d.Active)
+		if err != nil {
+			return nil, err
+		}
+		if changed && !force {
+			return nil, fmt.Errorf("VM %s disk %s: the current state (%s) holds changes no snapshot keeps; take a snapshot first, or revert with --force to discard them",
+				vm.Name, d.Target, d.Active)
+		}
+		file := s.File(d.Target)
+		ov := overlayName(filepath.Dir(file), vm.Name, d.Target, name)
+		p.Steps = append(p.Steps, Step{Kind: StepCreateOverlay, Target: d.Target, File: ov, Backing: relName(ov, file), BackingFmt: formatOf(file),
+			Why: "new active image of " + d.Target + " at snapshot " + name})
+		final.Disks[i].Active = ov
+		final.Owned = append(final.Owned, ov)
+		p.hint(d.Active, "the old current state, which no snapshot keeps")
+		p.Changed = append(p.Changed, ov)
+	}
+	final.Current = name
+	if err := m.planUnused(vm, final, p, nil, ""); err != nil {
+		return nil, err
+	}
+	p.Changed = append(p.Changed, p.Removed...)
+	p.Final = final
+	for _, d := range vm.Disks {
+		ch, err := chainOf(d.Active)
+		if err != nil {
+			return nil, err
+		}
+		p.Before[d.Target] = Tree(ch, d.Active)
+		ov := final.Disk(d.Target).Active
+		after, err := chainOf(s.File(d.Target))
+		if err != nil {
+			return nil, err
+		}
+		p.After[d.Target] = Tree(append([]string{ov}, after...), ov)
+	}
+	j := &Journal{Op: "revert", Snapshot: name, Started: m.now(), Steps: p.Steps, Final: final}
+	ex := &Offline{Ctx: m.ctx(), StorageDaemon: m.StorageDaemon}
+	return p, l.run(j, ex, m.BeforeStep)
+}
