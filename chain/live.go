@@ -101,7 +101,11 @@ func (l *Live) run(ctx context.Context, s Step) (handled bool, err error) {
 			return true, fmt.Errorf("%s has no backing file in the running VM", s.Top)
 		}
 		jc := qmp.BlockCommit{JobID: qmp.JobID("commit", d.Name()), Device: d.Chain[0].NodeName, BaseNode: d.Chain[idx+1].NodeName}
-		if idx > 0 {
+		if idx == 0 {
+			// An active commit: nothing is left to decide after
+			// job-complete, so QEMU finalizes (see qmp.BlockCommit).
+			jc.AutoFinalize = qmp.Bool(true)
+		} else {
 			jc.TopNode = d.Chain[idx].NodeName
 			// Name the base in the header of the image above as qchain
 			// names backing files (else qemu writes a json: name).

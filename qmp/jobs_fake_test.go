@@ -1,6 +1,7 @@
 package qmp
 
 import (
+	"encoding/json"
 	"errors"
 	"sync"
 	"testing"
@@ -115,5 +116,76 @@ func TestWaitJobVanished(t *testing.T) {
 	job := newJob(c, "gone", "commit")
 	if _, err := job.Wait(testCtx(t, 5*time.Second), WaitOptions{}); !errors.Is(err, ErrJobNotFound) {
 		t.Fatalf("Wait: %v, want ErrJobNotFound", err)
+	}
+}
+
+// recordArgs is a fake QMP server that answers every command with an
+// empty return and records each command's name and arguments.
+type recordArgs struct {
+	mu   sync.Mutex
+	cmds []fakeCmd
+}
+
+func (r *recordArgs) serve(f *fakeConn) {
+	if !f.greet() {
+		return
+	}
+	for {
+		c, ok := f.recv()
+		if !ok {
+			return
+		}
+		r.mu.Lock()
+		r.cmds = append(r.cmds, c)
+		r.mu.Unlock()
+		f.reply(c, map[string]any{})
+	}
+}
+
+// TestStartJobDefaults: auto-dismiss is always off; a stream and an
+// intermediate commit run with auto-finalize off, an active commit with
+// it on (nothing is left to decide after job-complete, and a pending
+// active commit keeps the disk drained and unswitched), a mirror with
+// QEMU's default (on); an explicit setting is kept.
+func TestStartJobDefaults(t *testing.T) {
+	tests := []struct {
+		name         string
+		job          JobStarter
+		cmd          string
+		autoFinalize any // nil: absent
+	}{
+		{"stream", BlockStream{JobID: "j", Device: "vda"}, "block-stream", false},
+		{"intermediate-commit", BlockCommit{JobID: "j", Device: "vda", TopNode: "snap1"}, "block-commit", false},
+		{"intermediate-commit-by-file", &BlockCommit{JobID: "j", Device: "vda", Top: "snap1.qcow2"}, "block-commit", false},
+		{"active-commit", BlockCommit{JobID: "j", Device: "vda", BaseNode: "base"}, "block-commit", true},
+		{"active-commit-pointer", &BlockCommit{JobID: "j", Device: "vda"}, "block-commit", true},
+		{"active-commit-explicit-off", BlockCommit{JobID: "j", Device: "vda", AutoFinalize: Bool(false)}, "block-commit", false},
+		{"commit-explicit-on", BlockCommit{JobID: "j", Device: "vda", TopNode: "top", AutoFinalize: Bool(true)}, "block-commit", true},
+		{"drive-mirror", DriveMirror{JobID: "j", Device: "vda", Target: "/x", Sync: SyncFull}, "drive-mirror", nil},
+		{"blockdev-mirror", BlockdevMirror{JobID: "j", Device: "vda", Target: "t", Sync: SyncFull}, "blockdev-mirror", nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &recordArgs{}
+			c := dialFake(t, startFake(t, r.serve), Options{})
+			if _, err := StartJob(testCtx(t, 5*time.Second), c, tc.job); err != nil {
+				t.Fatal(err)
+			}
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			if len(r.cmds) != 1 || r.cmds[0].Execute != tc.cmd {
+				t.Fatalf("commands %+v, want one %s", r.cmds, tc.cmd)
+			}
+			var args map[string]any
+			if err := json.Unmarshal(r.cmds[0].Arguments, &args); err != nil {
+				t.Fatal(err)
+			}
+			if args["auto-dismiss"] != false {
+				t.Errorf("auto-dismiss %v, want false", args["auto-dismiss"])
+			}
+			if got := args["auto-finalize"]; got != tc.autoFinalize {
+				t.Errorf("auto-finalize %v, want %v (arguments %s)", got, tc.autoFinalize, r.cmds[0].Arguments)
+			}
+		})
 	}
 }

@@ -186,7 +186,12 @@ func (t *Target) PlanCommit(ctx context.Context, disk string, opts CommitOptions
 
 	jc := &qmp.BlockCommit{JobID: qmp.JobID("commit", d.Name()), Device: d.Name(),
 		BaseNode: d.Chain[base].NodeName}
-	if !active {
+	if active {
+		// Once the job is ready, job-complete or block-job-cancel is all
+		// that is left to decide: QEMU finalizes at once, which keeps the
+		// drained, not yet switched window as short as QEMU can.
+		jc.AutoFinalize = qmp.Bool(true)
+	} else {
 		jc.TopNode = d.Chain[top].NodeName
 		jc.BackingFile = backingName(d.Chain[base])
 	}
