@@ -31,7 +31,8 @@ func blockcommitCommand() *cli.Command {
 			"the bottom of the chain; --shallow: the top's own backing file). An active commit ends\n" +
 			"with --pivot (the disk switches to the base) or --keep-overlay (it keeps the top);\n" +
 			"with neither, --wait returns once the job is ready. --delete removes the committed\n" +
-			"files after success.",
+			"files after success. A pivot is refused while a block export can write to the disk\n" +
+			"(QEMU loses writes of an export's new clients during the switch); --force pivots anyway.",
 		Flags: append(jobFlags(),
 			&cli.StringFlag{Name: "top", Usage: "commit from `FILE` (default: the active layer)"},
 			&cli.StringFlag{Name: "base", Usage: "commit into `FILE` (default: the bottom of the chain)"},
@@ -40,6 +41,7 @@ func blockcommitCommand() *cli.Command {
 			&cli.BoolFlag{Name: "keep-overlay", Usage: "active commit: end in sync but keep the disk on the top (implies --wait)"},
 			&cli.BoolFlag{Name: "shallow", Usage: "commit into the top's immediate backing file"},
 			&cli.BoolFlag{Name: "delete", Usage: "delete the committed files after success (implies --wait)"},
+			&cli.BoolFlag{Name: "force", Usage: "pivot even though a block export (NBD, ...) can write to the disk: QEMU may lose writes its clients make during the pivot"},
 		),
 		Action: func(c *cli.Context) error { return runJobCommand(c, 1, "one DISK", planCommit) },
 	}
@@ -53,12 +55,15 @@ func blockcopyCommand() *cli.Command {
 		Description: "DEST is created with the format of the active layer unless --reuse-external.\n" +
 			"--shallow copies only the active layer (DEST gets the same backing file).\n" +
 			"When in sync, --pivot switches the disk to DEST and --finish leaves DEST a consistent\n" +
-			"copy; with neither, --wait returns once the job is ready.",
+			"copy; with neither, --wait returns once the job is ready. --pivot is refused while a\n" +
+			"block export can write to the disk (QEMU loses writes of an export's new clients during\n" +
+			"the switch); --force pivots anyway.",
 		Flags: append(jobFlags(),
 			&cli.BoolFlag{Name: "shallow", Usage: "copy only the active layer; DEST keeps the backing chain"},
 			&cli.BoolFlag{Name: "reuse-external", Usage: "DEST exists already (with the right size and backing file): write into it"},
 			&cli.BoolFlag{Name: "pivot", Usage: "switch the disk to DEST when in sync (implies --wait)"},
 			&cli.BoolFlag{Name: "finish", Usage: "end when in sync, leaving DEST a consistent copy (implies --wait)"},
+			&cli.BoolFlag{Name: "force", Usage: "pivot even though a block export (NBD, ...) can write to the disk: QEMU may lose writes its clients make during the pivot"},
 		),
 		Action: func(c *cli.Context) error { return runJobCommand(c, 2, "DISK DEST", planCopy) },
 	}
@@ -73,13 +78,14 @@ func planPull(ctx context.Context, c *cli.Context, t *blockjob.Target, args []st
 
 func planCommit(ctx context.Context, c *cli.Context, t *blockjob.Target, args []string) (*blockjob.Plan, error) {
 	return t.PlanCommit(ctx, args[0], blockjob.CommitOptions{
-		Top:         c.String("top"),
-		Base:        c.String("base"),
-		Active:      c.Bool("active"),
-		Pivot:       c.Bool("pivot"),
-		KeepOverlay: c.Bool("keep-overlay"),
-		Shallow:     c.Bool("shallow"),
-		Delete:      c.Bool("delete"),
+		Top:          c.String("top"),
+		Base:         c.String("base"),
+		Active:       c.Bool("active"),
+		Pivot:        c.Bool("pivot"),
+		KeepOverlay:  c.Bool("keep-overlay"),
+		Shallow:      c.Bool("shallow"),
+		Delete:       c.Bool("delete"),
+		ForceExports: c.Bool("force"),
 	})
 }
 
@@ -89,6 +95,7 @@ func planCopy(ctx context.Context, c *cli.Context, t *blockjob.Target, args []st
 		ReuseExternal: c.Bool("reuse-external"),
 		Pivot:         c.Bool("pivot"),
 		Finish:        c.Bool("finish"),
+		ForceExports:  c.Bool("force"),
 	})
 }
 

@@ -2,10 +2,66 @@ package qmp
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
 )
+
+// ErrWritableExport is what a refused pivot or merge wraps when a block
+// export can write to the disk, or may (an *ExportError).
+var ErrWritableExport = errors.New("qmp: a block export can write to the disk")
+
+// ExportError lists the block exports of a disk that can write to it or
+// may (their access is unknown). It wraps ErrWritableExport.
+//
+// QEMU 7.2 and 10.0 lose such writes when a job switches the disk's nodes
+// (an active commit's or a mirror's pivot): while the job holds the old
+// top drained for the switch, the NBD server quiesces the clients it
+// has, but a client that connects during the drain is not quiesced, and
+// since an export's block backend does not queue requests in a drain,
+// that client's writes reach the old top after the job's last copy and
+// are acknowledged, then dropped from the disk with the old top.
+type ExportError struct {
+	Exports []DiskExport
+}
+
+// Error names each export and why it counts: "block export "exp0" (nbd,
+// writable) on node #block123 (active.qcow2) can write to the disk".
+func (e *ExportError) Error() string {
+	var parts []string
+	for _, x := range e.Exports {
+		if x.Access == ExportAccessUnknown {
+			parts = append(parts, fmt.Sprintf("%s may write to the disk (qchain cannot tell: %s)", x, x.Why))
+		} else {
+			parts = append(parts, x.String()+" can write to the disk")
+		}
+	}
+	return strings.Join(parts, "; ")
+}
+
+// Unwrap returns ErrWritableExport.
+func (e *ExportError) Unwrap() error { return ErrWritableExport }
+
+// CheckExports returns an *ExportError when a block export on a node of
+// d can write to it or may, and nil when every export of d is read-only
+// (or it has none).
+func CheckExports(ctx context.Context, c *Conn, d Disk) error {
+	exps, err := DiskExports(ctx, c, d)
+	if err != nil {
+		return err
+	}
+	var bad []DiskExport
+	for _, e := range exps {
+		if e.MayWrite() {
+			bad = append(bad, e)
+		}
+	}
+	if len(bad) == 0 {
+		return nil
+	}
+	return &ExportError{Exports: bad}
+}
 
 // BlockExport is one element of query-block-exports (QEMU 5.2+): an NBD,
 // FUSE, vhost-user-blk or VDUSE export of a block node.

@@ -1,6 +1,8 @@
 package qmp
 
 import (
+	"errors"
+	"fmt"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -225,5 +227,22 @@ func TestDiskExportsQemu(t *testing.T) {
 	}
 	if _, err := newJob(tg.conn, "j", "commit").Wait(ctx, WaitOptions{PollInterval: 10 * time.Millisecond}); err != nil && !strings.Contains(err.Error(), "cancel") {
 		t.Fatalf("waiting for the cancelled commit: %v", err)
+	}
+}
+
+// TestExportError: the error names each export, says why an unknown one
+// counts, and wraps ErrWritableExport.
+func TestExportError(t *testing.T) {
+	err := error(&ExportError{Exports: []DiskExport{
+		{BlockExport: BlockExport{ID: "a", Type: "nbd", NodeName: "top"}, Layer: testDisk.Chain[0], Access: ExportWritable},
+		{BlockExport: BlockExport{ID: "b", Type: "fuse", NodeName: "top"}, Layer: testDisk.Chain[0], Why: "no graph"},
+	}})
+	want := `block export "a" (nbd, writable) on node top (active.qcow2) can write to the disk; ` +
+		`block export "b" (fuse, writability unknown) on node top (active.qcow2) may write to the disk (qchain cannot tell: no graph)`
+	if err.Error() != want {
+		t.Errorf("Error() = %s\nwant      %s", err, want)
+	}
+	if !errors.Is(fmt.Errorf("wrapped: %w", err), ErrWritableExport) {
+		t.Error("does not wrap ErrWritableExport")
 	}
 }

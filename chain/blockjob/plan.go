@@ -80,6 +80,9 @@ type CommitOptions struct {
 	// Delete removes the committed files after success, refusing any that
 	// a disk's chain still uses. It implies waiting.
 	Delete bool
+	// ForceExports pivots although a block export can (or may) write to
+	// the disk; by default such a pivot is refused (see checkExports).
+	ForceExports bool
 }
 
 // CopyOptions configure PlanCopy. The zero value makes a new full copy
@@ -97,6 +100,9 @@ type CopyOptions struct {
 	// and the disk where it was. It implies waiting; offline it is what
 	// every copy does.
 	Finish bool
+	// ForceExports pivots although a block export can (or may) write to
+	// the disk; by default such a pivot is refused (see checkExports).
+	ForceExports bool
 }
 
 // PlanPull plans a block-stream on the disk called disk (see DiskJobs for
@@ -220,6 +226,9 @@ func (t *Target) PlanCommit(ctx context.Context, disk string, opts CommitOptions
 			// with the data committed, which is what is asked for.
 			p.OnReady = qmp.ReadyPivot
 			p.NewTop = d.Chain[base].Filename
+			if err := t.checkExports(ctx, label, "pivot the "+what, d, opts.ForceExports); err != nil {
+				return nil, err
+			}
 		default:
 			p.OnReady = qmp.ReadyReturn
 		}
@@ -255,6 +264,11 @@ func (t *Target) PlanCopy(ctx context.Context, disk, dest string, opts CopyOptio
 	pivot, finish := opts.Pivot, opts.Finish
 	if pivot && finish {
 		return nil, fmt.Errorf("%s: --pivot and --finish exclude each other", label)
+	}
+	if pivot {
+		if err := t.checkExports(ctx, label, "pivot a copy to "+absDest, d, opts.ForceExports); err != nil {
+			return nil, err
+		}
 	}
 	jm := &qmp.DriveMirror{JobID: qmp.JobID("copy", d.Name()), Device: d.Name(), Target: absDest, Sync: qmp.SyncFull}
 	if opts.Shallow {
