@@ -23,6 +23,10 @@ type DeleteOptions struct {
 	Children bool
 	// MetadataOnly forgets the snapshot and touches no file.
 	MetadataOnly bool
+	// ForceExports commits and pulls on the running VM's disks although
+	// a block export can (or may) write to them; by default Delete
+	// refuses that before it starts (see Live.checkExports).
+	ForceExports bool
 }
 
 // Plan is what an operation will do: its steps and the metadata after.
@@ -420,14 +424,28 @@ func (m *Manager) Delete(vmName, name string, opts DeleteOptions, dryRun bool) (
 		return nil, err
 	}
 	defer done()
+	if ex.Live != nil && !opts.ForceExports {
+		if err := ex.Live.checkExports(m.ctx(), l.VM, name, p.Steps); err != nil {
+			return nil, err
+		}
+	}
 	j := &Journal{Op: "delete", Snapshot: name, Started: m.now(), Steps: p.Steps, Final: p.Final, Live: ex.Live != nil}
 	return p, l.run(j, ex, m.BeforeStep)
 }
 
-// Rotate keeps the keep newest snapshots of the current branch (the
+// RotateOptions configure Rotate.
+type RotateOptions struct {
+	// Keep is how many snapshots of the current branch stay.
+	Keep int
+	// ForceExports is DeleteOptions.ForceExports for each delete.
+	ForceExports bool
+}
+
+// Rotate keeps the opts.Keep newest snapshots of the current branch (the
 // current snapshot and its ancestors) and deletes the older ones, oldest
 // first, each merged the cheaper way.
-func (m *Manager) Rotate(vmName string, keep int) ([]*Plan, error) {
+func (m *Manager) Rotate(vmName string, opts RotateOptions) ([]*Plan, error) {
+	keep := opts.Keep
 	if keep < 0 {
 		return nil, fmt.Errorf("--keep must be 0 or more")
 	}
@@ -438,7 +456,7 @@ func (m *Manager) Rotate(vmName string, keep int) ([]*Plan, error) {
 	branch := vm.Ancestors(vm.Current)
 	var plans []*Plan
 	for i := len(branch) - 1; i >= keep; i-- {
-		p, err := m.Delete(vmName, branch[i], DeleteOptions{Merge: MergeAuto}, false)
+		p, err := m.Delete(vmName, branch[i], DeleteOptions{Merge: MergeAuto, ForceExports: opts.ForceExports}, false)
 		if err != nil {
 			return plans, err
 		}

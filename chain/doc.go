@@ -28,5 +28,8 @@
 // every image below the VM's own chain (a shared gold image), is only ever
 // read. The VM's own images, its original disk images included, may
 // receive a commit when nothing else uses them; qchain deletes only the
-// files it created.
+// files it created. A live delete is refused before it starts while a
+// block export can write to a disk it commits or pulls on (QEMU loses
+// writes an export's new clients make while a job changes the chain; see
+// qmp.ExportError), unless DeleteOptions.ForceExports.
 package chain

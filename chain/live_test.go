@@ -504,7 +504,7 @@ func liveSnapshots(t *testing.T, device bool) {
 	del("s8", MergeAuto, "")
 	del("s10", MergeAuto, "")
 	checkpoint("auto deletes")
-	plans, err := r.m.Rotate(v.name, 2)
+	plans, err := r.m.Rotate(v.name, RotateOptions{Keep: 2})
 	if err != nil {
 		r.fatalf("live rotate: %v", err)
 	}
