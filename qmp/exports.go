@@ -133,7 +133,7 @@ type DiskExport struct {
 // String names the export in a message: `block export "exp0" (nbd,
 // writable) on node #block123 (active.qcow2)`.
 func (e DiskExport) String() string {
-	layer := e.Layer.Filename
+	layer := PlainFilename(e.Layer.Filename)
 	if i := strings.LastIndexByte(layer, '/'); i >= 0 && !strings.HasPrefix(layer, "json:") {
 		layer = layer[i+1:]
 	}

@@ -139,6 +139,11 @@ func TestDiskExportString(t *testing.T) {
 	if got, want := e.String(), `block export "exp0" (nbd, writable) on node #block123 (active.qcow2)`; got != want {
 		t.Errorf("String() = %s, want %s", got, want)
 	}
+	// A -blockdev layer's json: filename is named by its file.
+	e.Layer.Filename = `json:{"backing": "base", "driver": "qcow2", "file": {"driver": "file", "filename": "/images/top.qcow2"}}`
+	if got, want := e.String(), `block export "exp0" (nbd, writable) on node #block123 (top.qcow2)`; got != want {
+		t.Errorf("String() = %s, want %s", got, want)
+	}
 }
 
 // TestDiskExportsQemu: a real QEMU's writable and read-only NBD exports on
