@@ -24,8 +24,9 @@ type DeleteOptions struct {
 	// MetadataOnly forgets the snapshot and touches no file.
 	MetadataOnly bool
 	// ForceExports commits and pulls on the running VM's disks although
-	// a block export can (or may) write to them; by default Delete
-	// refuses that before it starts (see Live.checkExports).
+	// a block export can (or may) write to them. By default Delete
+	// refuses that before it starts: QEMU loses writes an export's new
+	// clients make while a job changes the chain (qmp.ExportError).
 	ForceExports bool
 }
 

@@ -17,11 +17,14 @@ var ErrWritableExport = errors.New("qmp: a block export can write to the disk")
 //
 // QEMU 7.2 and 10.0 lose such writes when a job switches the disk's nodes
 // (an active commit's or a mirror's pivot): while the job holds the old
-// top drained for the switch, the NBD server quiesces the clients it
-// has, but a client that connects during the drain is not quiesced, and
-// since an export's block backend does not queue requests in a drain,
-// that client's writes reach the old top after the job's last copy and
-// are acknowledged, then dropped from the disk with the old top.
+// top drained for the switch, the NBD server quiesces the clients it has
+// (nbd_drained_begin walks the export's client list), but a client that
+// connects during the drain is not quiesced, and the NBD export's block
+// backend does not queue requests in a drain (it relies on quiescing its
+// clients), so that client's writes reach the old top after the job's
+// last copy, are acknowledged, and leave the disk with the old top.
+// Other export types (FUSE, vhost-user-blk) were not measured; qchain
+// treats them alike.
 type ExportError struct {
 	Exports []DiskExport
 }

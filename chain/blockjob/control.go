@@ -41,8 +41,9 @@ type ControlOptions struct {
 	// commit) or until it is ready. Abort and Pivot always wait.
 	Wait bool
 	// ForceExports pivots a copy or commit although a block export can
-	// (or may) write to the disk; by default such a pivot is refused
-	// before anything is sent (see checkExports).
+	// (or may) write to the disk. By default such a pivot is refused
+	// before anything is sent: QEMU loses writes an export's new clients
+	// make during the switch (qmp.ExportError).
 	ForceExports bool
 	// WaitOptions bound and follow the wait.
 	WaitOptions

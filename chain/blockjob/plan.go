@@ -81,7 +81,9 @@ type CommitOptions struct {
 	// a disk's chain still uses. It implies waiting.
 	Delete bool
 	// ForceExports pivots although a block export can (or may) write to
-	// the disk; by default such a pivot is refused (see checkExports).
+	// the disk. By default such a live pivot is refused before anything
+	// starts: QEMU loses writes an export's new clients make during the
+	// switch (qmp.ExportError).
 	ForceExports bool
 }
 
@@ -101,7 +103,9 @@ type CopyOptions struct {
 	// every copy does.
 	Finish bool
 	// ForceExports pivots although a block export can (or may) write to
-	// the disk; by default such a pivot is refused (see checkExports).
+	// the disk. By default such a live pivot is refused before anything
+	// starts: QEMU loses writes an export's new clients make during the
+	// switch (qmp.ExportError).
 	ForceExports bool
 }
 
