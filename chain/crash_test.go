@@ -359,7 +359,7 @@ func (r *rig) refusesUnfinished(v *vmModel) {
 		"delete":         func() error { _, err := r.m.Delete(v.name, snap, DeleteOptions{}, false); return err },
 		"delete dry run": func() error { _, err := r.m.Delete(v.name, snap, DeleteOptions{}, true); return err },
 		"revert":         func() error { _, err := r.m.Revert(v.name, snap, true); return err },
-		"rotate":         func() error { _, err := r.m.Rotate(v.name, 0); return err },
+		"rotate":         func() error { _, err := r.m.Rotate(v.name, RotateOptions{}); return err },
 	} {
 		if err := op(); !errors.Is(err, ErrUnfinished) {
 			r.fatalf("%s on a VM with an unfinished journal: got %v, want ErrUnfinished", what, err)

@@ -23,6 +23,11 @@ type DeleteOptions struct {
 	Children bool
 	// MetadataOnly forgets the snapshot and touches no file.
 	MetadataOnly bool
+	// ForceExports commits and pulls on the running VM's disks although
+	// a block export can (or may) write to them. By default Delete
+	// refuses that before it starts: QEMU loses writes an export's new
+	// clients make while a job changes the chain (qmp.ExportError).
+	ForceExports bool
 }
 
 // Plan is what an operation will do: its steps and the metadata after.
@@ -396,6 +401,11 @@ func (m *Manager) Delete(vmName, name string, opts DeleteOptions, dryRun bool) (
 	p, err := m.planDelete(l.VM, name, opts, ex.Live)
 	if err != nil || dryRun {
 		return p, err
+	}
+	if ex.Live != nil && !opts.ForceExports {
+		if err := ex.Live.checkExports(m.ctx(), l.VM, name, p.Steps); err != nil {
+			return nil, err
+		}
 	}
 	j := &Journal{Op: "delete", Snapshot: name, Started: m.now(), Steps: p.Steps, Final: p.Final, Live: ex.Live != nil}
 	return p, l.run(j, ex, m.BeforeStep)

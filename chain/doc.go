@@ -27,7 +27,11 @@
 // a file used by another branch or another VM of the state directory, and
 // every image below the VM's own chain (a shared gold image), is only ever
 // read. The VM's own images, its original disk images included, may
-// receive a commit when nothing else uses them.
+// receive a commit when nothing else uses them. A live delete is refused
+// before it starts while a block export can write to a disk it commits or
+// pulls on (QEMU loses writes an export's new clients make while a job
+// changes the chain; see qmp.ExportError), unless
+// DeleteOptions.ForceExports.
 //
 // # Files no chain needs
 //

@@ -2,6 +2,7 @@ package chain
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -101,7 +102,11 @@ func (l *Live) run(ctx context.Context, s Step) (handled bool, err error) {
 			return true, fmt.Errorf("%s has no backing file in the running VM", s.Top)
 		}
 		jc := qmp.BlockCommit{JobID: qmp.JobID("commit", d.Name()), Device: d.Chain[0].NodeName, BaseNode: d.Chain[idx+1].NodeName}
-		if idx > 0 {
+		if idx == 0 {
+			// An active commit: nothing is left to decide after
+			// job-complete, so QEMU finalizes (see qmp.BlockCommit).
+			jc.AutoFinalize = qmp.Bool(true)
+		} else {
 			jc.TopNode = d.Chain[idx].NodeName
 			// Name the base in the header of the image above as qchain
 			// names backing files (else qemu writes a json: name).
@@ -132,6 +137,44 @@ func (l *Live) run(ctx context.Context, s Step) (handled bool, err error) {
 		}
 	}
 	return false, nil
+}
+
+// checkExports refuses the commits and pulls among steps that would run
+// on a disk of the running VM (deleting snapshot name of vm) while a block
+// export on one of its nodes can write to it, or may (qmp.CheckExports):
+// QEMU 7.2 and 10.0 lose writes that an export's new clients make while a
+// job changes the disk's chain (qmp.ExportError says how). Steps on files
+// the VM does not have open run offline and are not concerned.
+func (l *Live) checkExports(ctx context.Context, vm *VM, name string, steps []Step) error {
+	checked := make(map[string]bool)
+	for _, s := range steps {
+		file := s.File
+		switch s.Kind {
+		case StepCommit:
+			file = s.Top
+		case StepPull:
+		default:
+			continue
+		}
+		d, _, err := l.diskFor(ctx, file)
+		if err != nil {
+			return fmt.Errorf("VM %s disk %s: %w", vm.Name, s.Target, err)
+		}
+		if d == nil || checked[d.Name()] {
+			continue
+		}
+		checked[d.Name()] = true
+		err = qmp.CheckExports(ctx, l.Conn, *d)
+		var ee *qmp.ExportError
+		switch {
+		case errors.As(err, &ee):
+			return fmt.Errorf("VM %s disk %s: refusing to delete snapshot %s while the VM runs: %w, and QEMU loses writes that an export's clients make while a job changes the disk's chain; remove the export (QMP block-export-del) or add --force-export",
+				vm.Name, s.Target, name, err)
+		case err != nil:
+			return fmt.Errorf("VM %s disk %s: reading the block exports: %w", vm.Name, s.Target, err)
+		}
+	}
+	return nil
 }
 
 func (l *Live) wait(ctx context.Context, s Step, js qmp.JobStarter) error {

@@ -408,12 +408,14 @@ func liveSnapshots(t *testing.T, device bool) {
 		t.Helper()
 		r.step++
 		pos := v.position(name)
-		// qemu 7.2 deadlocks when an HMP qemu-io write is issued while an
-		// active commit waits, pivoted and drained, for job-finalize
-		// (auto-finalize off): the write waits in the monitor for the
-		// drain that only job-finalize, queued behind it, ends. A guest's
-		// own I/O is only queued meanwhile, so writes stop around active
-		// commits.
+		// qemu 7.2 deadlocked when an HMP qemu-io write was issued while
+		// an active commit waited, drained and not yet switched, for
+		// job-finalize (active commits ran with auto-finalize off then):
+		// the write waits in the monitor for the drain that only
+		// job-finalize, queued behind it, ends. Active commits now
+		// finalize on their own, which shortens that window but was not
+		// shown to close it; a guest's own I/O is only queued meanwhile,
+		// so writes still stop around active commits.
 		concurrent := true
 		if p, err := r.m.Delete(v.name, name, DeleteOptions{Merge: merge}, true); err == nil {
 			vm := r.load(v)
@@ -503,7 +505,7 @@ func liveSnapshots(t *testing.T, device bool) {
 	del("s8", MergeAuto, "")
 	del("s10", MergeAuto, "")
 	checkpoint("auto deletes")
-	plans, err := r.m.Rotate(v.name, 2)
+	plans, err := r.m.Rotate(v.name, RotateOptions{Keep: 2})
 	if err != nil {
 		r.fatalf("live rotate: %v", err)
 	}

@@ -695,7 +695,7 @@ func (r *rig) rotate(v *vmModel) {
 	} else {
 		gone = nil
 	}
-	plans, err := r.m.Rotate(v.name, keep)
+	plans, err := r.m.Rotate(v.name, RotateOptions{Keep: keep})
 	if err != nil {
 		r.fatalf("%s: rotate --keep %d: %v", v.name, keep, err)
 	}

@@ -206,3 +206,8 @@ func runJobCommand(c *cli.Context, nargs int, usage string, plan planFunc) error
 	}
 	return err
 }
+
+// forceExportPivotFlag is blockcommit's and blockcopy's --force.
+func forceExportPivotFlag() cli.Flag {
+	return &cli.BoolFlag{Name: "force", Usage: "pivot even though a block export (NBD, ...) can write to the disk: QEMU may lose writes its clients make during the pivot"}
+}

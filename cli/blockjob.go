@@ -15,12 +15,14 @@ func blockjobCommand() *cli.Command {
 		ArgsUsage: "DISK",
 		Description: "With no action (or --info) it shows the disk's jobs. --wait drives the job to its end\n" +
 			"(finalizing a finished stream or commit) or until it is ready; --pivot also completes a\n" +
-			"ready mirror or active commit; --abort cancels it and waits until it is gone.",
+			"ready mirror or active commit (refused while a block export can write to the disk,\n" +
+			"unless --force); --abort cancels it and waits until it is gone.",
 		Flags: []cli.Flag{
 			qmpFlag(), outputFlag(),
 			&cli.BoolFlag{Name: "info", Usage: "show the job (the default)"},
 			&cli.BoolFlag{Name: "abort", Usage: "cancel the job (a ready copy or active commit does not pivot)"},
 			&cli.BoolFlag{Name: "pivot", Usage: "wait until ready, then switch the disk to the job's target"},
+			&cli.BoolFlag{Name: "force", Usage: "with --pivot: pivot even though a block export (NBD, ...) can write to the disk: QEMU may lose writes its clients make during the pivot"},
 			&cli.BoolFlag{Name: "pause", Usage: "pause the job"},
 			&cli.BoolFlag{Name: "resume", Usage: "resume a paused job"},
 			&cli.Int64Flag{Name: "bandwidth", Usage: "set the job's limit to `N` MiB/s (0: unlimited)"},
@@ -77,6 +79,9 @@ func runBlockjob(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if c.Bool("force") && action != blockjob.Pivot {
+		return fmt.Errorf("blockjob: --force applies only to --pivot")
+	}
 	if c.Bool("info") && (action != blockjob.NoAction || setBandwidth || w.wait) {
 		return fmt.Errorf("blockjob: --info only shows; drop it to act on the job")
 	}
@@ -96,7 +101,7 @@ func runBlockjob(c *cli.Context) error {
 	if action == blockjob.NoAction && !setBandwidth && !w.wait {
 		return printJobs(c, label, dj.Jobs, asJSON)
 	}
-	opts := blockjob.ControlOptions{Action: action, Wait: w.wait, WaitOptions: w.options(c)}
+	opts := blockjob.ControlOptions{Action: action, Wait: w.wait, WaitOptions: w.options(c), ForceExports: c.Bool("force")}
 	if setBandwidth {
 		opts.Bandwidth = &speed
 	}

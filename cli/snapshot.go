@@ -121,6 +121,7 @@ func snapshotCommand() *cli.Command {
 					&cli.BoolFlag{Name: "metadata", Usage: "forget the snapshot, touch no file"},
 					&cli.StringFlag{Name: "merge", Value: "auto", Usage: "auto (copy fewer bytes), commit or pull"},
 					&cli.BoolFlag{Name: "dry-run", Usage: "print the plan, change nothing"},
+					forceExportFlag(),
 				},
 				Action: func(c *cli.Context) error {
 					a, err := args(c, "VM", "NAME")
@@ -134,7 +135,7 @@ func snapshotCommand() *cli.Command {
 					if c.Bool("children") && c.Bool("metadata") {
 						return fmt.Errorf("--children and --metadata exclude each other")
 					}
-					p, err := manager(c).Delete(a[0], a[1], chain.DeleteOptions{Merge: c.String("merge"), Children: c.Bool("children"), MetadataOnly: c.Bool("metadata")}, c.Bool("dry-run"))
+					p, err := manager(c).Delete(a[0], a[1], chain.DeleteOptions{Merge: c.String("merge"), Children: c.Bool("children"), MetadataOnly: c.Bool("metadata"), ForceExports: c.Bool("force-export")}, c.Bool("dry-run"))
 					if err != nil {
 						return err
 					}
@@ -171,7 +172,7 @@ func snapshotCommand() *cli.Command {
 			},
 			{
 				Name: "rotate", Usage: "keep the N newest snapshots of the current branch, delete older ones with merges", ArgsUsage: "VM",
-				Flags: []cli.Flag{sd, storageDaemonFlag(), verboseFlag(), outputFlag(), &cli.IntFlag{Name: "keep", Required: true, Usage: "how many snapshots to keep"}},
+				Flags: []cli.Flag{sd, storageDaemonFlag(), verboseFlag(), outputFlag(), &cli.IntFlag{Name: "keep", Required: true, Usage: "how many snapshots to keep"}, forceExportFlag()},
 				Action: func(c *cli.Context) error {
 					a, err := args(c, "VM")
 					if err != nil {
@@ -181,7 +182,7 @@ func snapshotCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					plans, err := manager(c).Rotate(a[0], c.Int("keep"))
+					plans, err := manager(c).Rotate(a[0], chain.RotateOptions{Keep: c.Int("keep"), ForceExports: c.Bool("force-export")})
 					if asJSON {
 						if plans == nil {
 							plans = []*chain.Plan{}
@@ -316,4 +317,10 @@ func writeFileFates(w io.Writer, p *chain.Plan, removed bool) {
 	for _, k := range p.Kept {
 		fmt.Fprintf(w, "  kept %s: %s\n", k.File, k.Reason)
 	}
+}
+
+// forceExportFlag is snapshot delete's and rotate's --force-export (not
+// --force, which revert has with another meaning).
+func forceExportFlag() cli.Flag {
+	return &cli.BoolFlag{Name: "force-export", Usage: "merge on the running VM's disks even though a block export (NBD, ...) can write to them: QEMU may lose writes its clients make while a job changes the chain"}
 }

@@ -149,6 +149,9 @@ const (
 	// node, on a q35 machine that never runs (-S): a device is what HMP
 	// qemu-io can write through when there is no -drive.
 	vmDevice
+	// vmDeviceShared is vmDevice with share-rw=on, so that other users
+	// (a writable block export) may write to the node too.
+	vmDeviceShared
 )
 
 // startVM runs QEMU on c's chain. wrap, if set, is a shell command line
@@ -166,7 +169,7 @@ func startVM(t *testing.T, c *blockChain, kind vmKind, wrap string) *blockVM {
 	vm := &blockVM{sock: filepath.Join(sockDir, "m1"), exited: make(chan struct{}), stderr: &lockedBuffer{}}
 	s2 := filepath.Join(sockDir, "m2")
 	machine := "none"
-	if kind == vmDevice {
+	if kind == vmDevice || kind == vmDeviceShared {
 		machine = "q35,accel=tcg"
 	}
 	args := []string{"-machine", machine, "-nodefaults", "-display", "none",
@@ -176,14 +179,18 @@ func startVM(t *testing.T, c *blockChain, kind vmKind, wrap string) *blockVM {
 	case vmDrive:
 		args = append(args, "-drive", "if=none,id=vda,format=qcow2,file="+c.active)
 		vm.disk, vm.ioDev = "vda", "vda"
-	case vmBlockdev, vmDevice:
+	case vmBlockdev, vmDevice, vmDeviceShared:
 		args = append(args,
 			"-blockdev", "driver=qcow2,node-name=base,read-only=on,file.driver=file,file.filename="+c.base,
 			"-blockdev", "driver=qcow2,node-name=snap1,read-only=on,backing=base,file.driver=file,file.filename="+c.snap1,
 			"-blockdev", "driver=qcow2,node-name=top,backing=snap1,file.driver=file,file.filename="+c.active)
 		vm.disk = "top"
-		if kind == vmDevice {
-			args = append(args, "-S", "-device", "virtio-blk-pci,drive=top,id=vd0")
+		if kind == vmDevice || kind == vmDeviceShared {
+			dev := "virtio-blk-pci,drive=top,id=vd0"
+			if kind == vmDeviceShared {
+				dev += ",share-rw=on"
+			}
+			args = append(args, "-S", "-device", dev)
 			vm.disk, vm.ioDev = "vd0", "-d vd0/virtio-backend"
 		}
 	}

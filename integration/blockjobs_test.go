@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"encoding/json"
 	"net"
 	"os"
@@ -8,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/qchain/qchain/fixtures"
 )
@@ -385,6 +387,53 @@ func TestBlockJobControl(t *testing.T) {
 		c.checkChain(t, c.active, "active.qcow2", "snap1.qcow2", "base.qcow2")
 		c.checkContent(t, bin, c.active)
 	})
+}
+
+// TestBlockAutoFinalize: the jobs qchain starts run with auto-finalize as
+// planned: on for an active commit (once completed nothing is left to
+// decide, and a pending active commit holds the disk drained and not yet
+// switched), off for an intermediate commit and a pull, which qchain
+// finalizes itself; a copy keeps QEMU's default (on).
+func TestBlockAutoFinalize(t *testing.T) {
+	bin := requireTools(t)
+	t.Parallel()
+	tests := []struct {
+		name string
+		args []string // --qmp SOCKET and the disk are added; DEST after it
+		dest string
+		want bool
+	}{
+		{"active-commit", []string{"blockcommit", "--active"}, "", true},
+		{"intermediate-commit", []string{"blockcommit", "--top", "snap1.qcow2"}, "", false},
+		{"pull", []string{"blockpull"}, "", false},
+		{"copy", []string{"blockcopy"}, "copy.qcow2", true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			c := newBlockChain(t)
+			vm := startVM(t, c, vmDrive, "")
+			args := append([]string{tc.args[0], "--qmp", vm.sock, "--bandwidth", "1"}, tc.args[1:]...)
+			args = append(args, "vda")
+			if tc.dest != "" {
+				args = append(args, c.path(tc.dest))
+			}
+			mustQchain(t, bin, c.dir, args...)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			bjobs, err := vm.mon.QueryBlockJobs(ctx)
+			if err != nil || len(bjobs) != 1 {
+				t.Fatalf("query-block-jobs: %+v %v", bjobs, err)
+			}
+			if bjobs[0].AutoFinalize != tc.want || bjobs[0].AutoDismiss {
+				t.Errorf("%s: auto-finalize %t, auto-dismiss %t; want %t, false", bjobs[0].Device, bjobs[0].AutoFinalize, bjobs[0].AutoDismiss, tc.want)
+			}
+			mustQchain(t, bin, c.dir, "blockjob", "--qmp", vm.sock, "--abort", "vda")
+			vm.quit()
+			c.checkChain(t, c.active, "active.qcow2", "snap1.qcow2", "base.qcow2")
+			c.checkContent(t, bin, c.active)
+		})
+	}
 }
 
 // TestBlockErrors: bad input and failing jobs give one clear line and

@@ -148,6 +148,13 @@ type TransactionProperties struct {
 	CompletionMode string `json:"completion-mode,omitempty"`
 }
 
+// Active reports whether the commit is an active commit by its
+// arguments: no Top or TopNode, so QEMU commits the active layer and the
+// job must be completed. A TopNode that names the active layer also makes
+// an active commit in QEMU; callers that know so set AutoFinalize
+// themselves.
+func (a BlockCommit) Active() bool { return a.Top == "" && a.TopNode == "" }
+
 // BlockStream starts a block-stream job.
 func (c *Conn) BlockStream(ctx context.Context, a BlockStream) error {
 	return c.Execute(ctx, "block-stream", a, nil)

@@ -24,6 +24,9 @@
 //     id (JobID) and driven to the end the same way.
 //   - DiskChains: every disk of a running QEMU with its chain of node
 //     names, filenames and formats, for -drive and -blockdev alike.
+//   - DiskExports: the block exports (NBD, FUSE, ...) attached to a node
+//     of a disk, and whether each can write, read from the block graph's
+//     permissions (QEMU reports no export's writability directly).
 //   - GuestAgent and WithFrozenFilesystems: qemu-ga's freeze and thaw, with
 //     a thaw on every path out.
 //   - StartStorageDaemon: a private qemu-storage-daemon for jobs on images

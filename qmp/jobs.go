@@ -29,9 +29,15 @@ type JobStarter interface {
 	jobStart() (name, id string, args any)
 }
 
-// The runner's defaults: auto-dismiss is always off (Invariant 5); stream
-// and commit also default to auto-finalize off so that the runner, not
-// QEMU, applies their graph change after checking the job's state.
+// The runner's defaults: auto-dismiss is always off (Invariant 5). A
+// stream and an intermediate commit default to auto-finalize off, so that
+// the runner, not QEMU, applies their graph change after checking the
+// job's state. An active commit (no Top or TopNode) defaults to
+// auto-finalize on, as mirrors do: once job-complete (or block-job-cancel)
+// is sent nothing is left to decide, and with auto-finalize off the disk
+// stays drained and not yet switched until job-finalize, a window in
+// which writes that bypass the drain (a block export's new clients) reach
+// the old top and are lost.
 
 func (a BlockStream) jobStart() (string, string, any) {
 	a.AutoDismiss = Bool(false)
@@ -44,7 +50,7 @@ func (a BlockStream) jobStart() (string, string, any) {
 func (a BlockCommit) jobStart() (string, string, any) {
 	a.AutoDismiss = Bool(false)
 	if a.AutoFinalize == nil {
-		a.AutoFinalize = Bool(false)
+		a.AutoFinalize = Bool(a.Active())
 	}
 	return "block-commit", a.JobID, a
 }
@@ -136,7 +142,7 @@ func (j *Job) ID() string { return j.id }
 func (j *Job) Type() string { return j.typ }
 
 // StartJob starts the job described by s with auto-dismiss off (and, for
-// stream and commit, auto-finalize off unless set). s must carry a job id;
+// a stream and an intermediate commit, auto-finalize off unless set). s must carry a job id;
 // JobID makes deterministic ones. If a job with that id still exists (left
 // by an earlier process), QEMU refuses with a GenericError "Job ID ...
 // already in use": use AttachJob to drive that one.

@@ -133,7 +133,9 @@ type BlockGraph struct {
 }
 
 // BlockGraphNode is a node of BlockGraph. Type is "block-backend",
-// "block-job" or "block-driver"; Name is the node name for block drivers.
+// "block-job" or "block-driver"; Name is the node name for block drivers,
+// and for a block backend its name (a -drive id), a guest device's QOM
+// path, or "" for an anonymous one (a block export's, a job's).
 type BlockGraphNode struct {
 	ID   int64  `json:"id"`
 	Type string `json:"type"`
@@ -146,6 +148,12 @@ type BlockGraphEdge struct {
 	Parent int64  `json:"parent"`
 	Child  int64  `json:"child"`
 	Name   string `json:"name"`
+	// Perm and SharedPerm are the permissions the parent holds on the
+	// child and those it lets other parents hold: "consistent-read",
+	// "write", "write-unchanged", "resize" (and "graph-mod" before QEMU
+	// 8.0).
+	Perm       []string `json:"perm"`
+	SharedPerm []string `json:"shared-perm"`
 }
 
 // QueryBlockGraph runs x-debug-query-block-graph. It is an unstable

@@ -40,6 +40,11 @@ type ControlOptions struct {
 	// Wait drives the job to its end (finalizing a finished stream or
 	// commit) or until it is ready. Abort and Pivot always wait.
 	Wait bool
+	// ForceExports pivots a copy or commit although a block export can
+	// (or may) write to the disk. By default such a pivot is refused
+	// before anything is sent: QEMU loses writes an export's new clients
+	// make during the switch (qmp.ExportError).
+	ForceExports bool
 	// WaitOptions bound and follow the wait.
 	WaitOptions
 }
@@ -78,6 +83,11 @@ func (t *Target) Control(ctx context.Context, dj *DiskJobs, opts ControlOptions)
 	res := &ControlResult{What: fmt.Sprintf("%s job %s", j.Type, j.ID), JobID: j.ID}
 	what := res.What
 
+	if opts.Action == Pivot && (j.Type == "mirror" || j.Type == "commit") {
+		if err := t.checkExports(ctx, label, "pivot "+what, dj.Disk, opts.ForceExports); err != nil {
+			return nil, err
+		}
+	}
 	if opts.Bandwidth != nil {
 		if err := t.conn.BlockJobSetSpeed(ctx, j.ID, *opts.Bandwidth); err != nil {
 			return nil, fmt.Errorf("%s: setting the bandwidth of %s: %w", label, what, qmpDesc(err))

@@ -19,6 +19,13 @@
 // that ends other than as asked returns an *EndError; errors.Is(err,
 // ErrInterrupted) tells a cancelled wait apart.
 //
+// A live pivot (an active commit's, a copy's, Control's Pivot of either)
+// is refused before anything is sent while a block export on a node of
+// the disk can write to it, or may (qmp.CheckExports): QEMU loses writes
+// an export's new clients make while a job switches the disk. The error
+// wraps qmp.ErrWritableExport and names the exports; ForceExports in the
+// options pivots anyway.
+//
 // Jobs follow qmp's rules: auto-dismiss off, deterministic ids
 // (qmp.JobID), query-jobs the truth. A disk that runs a job refuses a
 // second one; a concluded job of qchain's that holds the id a new job needs

@@ -80,6 +80,11 @@ type CommitOptions struct {
 	// Delete removes the committed files after success, refusing any that
 	// a disk's chain still uses. It implies waiting.
 	Delete bool
+	// ForceExports pivots although a block export can (or may) write to
+	// the disk. By default such a live pivot is refused before anything
+	// starts: QEMU loses writes an export's new clients make during the
+	// switch (qmp.ExportError).
+	ForceExports bool
 }
 
 // CopyOptions configure PlanCopy. The zero value makes a new full copy
@@ -97,6 +102,11 @@ type CopyOptions struct {
 	// and the disk where it was. It implies waiting; offline it is what
 	// every copy does.
 	Finish bool
+	// ForceExports pivots although a block export can (or may) write to
+	// the disk. By default such a live pivot is refused before anything
+	// starts: QEMU loses writes an export's new clients make during the
+	// switch (qmp.ExportError).
+	ForceExports bool
 }
 
 // PlanPull plans a block-stream on the disk called disk (see DiskJobs for
@@ -186,7 +196,12 @@ func (t *Target) PlanCommit(ctx context.Context, disk string, opts CommitOptions
 
 	jc := &qmp.BlockCommit{JobID: qmp.JobID("commit", d.Name()), Device: d.Name(),
 		BaseNode: d.Chain[base].NodeName}
-	if !active {
+	if active {
+		// Once the job is ready, job-complete or block-job-cancel is all
+		// that is left to decide: QEMU finalizes at once, which keeps the
+		// drained, not yet switched window as short as QEMU can.
+		jc.AutoFinalize = qmp.Bool(true)
+	} else {
 		jc.TopNode = d.Chain[top].NodeName
 		jc.BackingFile = backingName(d.Chain[base])
 	}
@@ -215,6 +230,9 @@ func (t *Target) PlanCommit(ctx context.Context, disk string, opts CommitOptions
 			// with the data committed, which is what is asked for.
 			p.OnReady = qmp.ReadyPivot
 			p.NewTop = d.Chain[base].Filename
+			if err := t.checkExports(ctx, label, "pivot the "+what, d, opts.ForceExports); err != nil {
+				return nil, err
+			}
 		default:
 			p.OnReady = qmp.ReadyReturn
 		}
@@ -250,6 +268,11 @@ func (t *Target) PlanCopy(ctx context.Context, disk, dest string, opts CopyOptio
 	pivot, finish := opts.Pivot, opts.Finish
 	if pivot && finish {
 		return nil, fmt.Errorf("%s: --pivot and --finish exclude each other", label)
+	}
+	if pivot {
+		if err := t.checkExports(ctx, label, "pivot a copy to "+absDest, d, opts.ForceExports); err != nil {
+			return nil, err
+		}
 	}
 	jm := &qmp.DriveMirror{JobID: qmp.JobID("copy", d.Name()), Device: d.Name(), Target: absDest, Sync: qmp.SyncFull}
 	if opts.Shallow {

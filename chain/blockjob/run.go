@@ -20,9 +20,9 @@ type RunOptions struct {
 	Bandwidth int64
 	// Wait drives the job to its end, or until it is ready when the plan
 	// leaves a ready job to the caller. Without it a live job keeps
-	// running in QEMU; a stream or commit then waits in "pending"
-	// (auto-finalize is off), a copy or active commit in "ready", until
-	// Control decides.
+	// running in QEMU; a stream or intermediate commit then waits in
+	// "pending" (auto-finalize is off), a copy or active commit in
+	// "ready" (QEMU finalizes it once completed), until Control decides.
 	Wait bool
 	// WaitOptions bound and follow the wait.
 	WaitOptions
