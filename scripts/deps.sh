@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs the qemu tools qchain is tested against, when missing (Debian):
-# the system's QEMU (7.2 on Debian 12) from its packages, and QEMU 10.0
-# unpacked beside it (scripts/qemu10.sh).
+# the system's QEMU (7.2 on Debian 12) from its packages, QEMU 10.0
+# unpacked beside it (scripts/qemu10.sh), and the tests' Linux guest
+# (scripts/guest.sh), both cached.
 set -e
 cd "$(dirname "$0")/.."
 need=""
@@ -23,3 +24,5 @@ if [ -n "$need" ]; then
   $SUDO apt-get install -y -qq --no-install-recommends $need >/dev/null
 fi
 scripts/qemu10.sh >/dev/null
+# The real Linux guest of the tests (kernel + busybox initramfs).
+scripts/guest.sh >/dev/null
