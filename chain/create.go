@@ -80,7 +80,12 @@ func (m *Manager) CreateSnapshot(vmName, name, description string, quiesce bool)
 		return err
 	}
 	if quiesce {
-		ga, err := qmp.DialGuestAgent(m.ctx(), vm.QGA)
+		actx, cancel := context.WithTimeout(m.ctx(), m.agentTimeout())
+		ga, err := qmp.DialGuestAgent(actx, vm.QGA)
+		cancel()
+		if err != nil && errors.Is(err, context.DeadlineExceeded) && m.ctx().Err() == nil {
+			return nil, fmt.Errorf("VM %s: the guest agent on %s did not answer within %v (is qemu-ga running in the guest?); no snapshot taken", vm.Name, vm.QGA, m.agentTimeout())
+		}
 		if err != nil {
 			return nil, fmt.Errorf("VM %s: guest agent: %w", vm.Name, err)
 		}

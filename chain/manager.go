@@ -26,6 +26,24 @@ type Manager struct {
 	// BeforeStep, when set, is called before each journal step runs
 	// (tests stop an operation there to check recovery at every step).
 	BeforeStep func(op string, index int, s Step)
+	// AgentTimeout bounds the handshake with the guest agent before a
+	// quiesced snapshot; zero means DefaultAgentTimeout. The freeze itself
+	// is not bounded: qemu-ga flushes the file systems first, which takes
+	// as long as it takes (libvirt waits for it too); cancelling Ctx ends
+	// it, and thaws.
+	AgentTimeout time.Duration
+}
+
+// DefaultAgentTimeout is Manager.AgentTimeout's default. QEMU accepts a
+// connection on the agent's socket whether or not qemu-ga runs in the
+// guest, and without an agent nothing ever answers the handshake.
+const DefaultAgentTimeout = 10 * time.Second
+
+func (m *Manager) agentTimeout() time.Duration {
+	if m.AgentTimeout > 0 {
+		return m.AgentTimeout
+	}
+	return DefaultAgentTimeout
 }
 
 func (m *Manager) ctx() context.Context {

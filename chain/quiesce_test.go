@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // fakeGuestAgent answers qemu-ga's protocol on a unix socket: the
@@ -150,5 +151,75 @@ func TestQuiesceLive(t *testing.T) {
 	}
 	if _, err := m.CreateSnapshot("qz3", "s1", "", true); err == nil || !strings.Contains(err.Error(), "agent") {
 		t.Errorf("--quiesce without an agent: %v", err)
+	}
+}
+
+// TestQuiesceSilentAgent: QEMU accepts connections on the agent's socket
+// whether or not qemu-ga runs in the guest, and then nothing answers.
+// A quiesced create gives up after Manager.AgentTimeout with an error
+// that says so, before it changes anything (it used to wait forever).
+func TestQuiesceSilentAgent(t *testing.T) {
+	need(t, "qemu-img", "qemu-system-x86_64")
+	dir := t.TempDir()
+	f, g := filepath.Join(dir, "vda.qcow2"), filepath.Join(dir, "vdb.qcow2")
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", f, "4M")
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", g, "4M")
+	q := startLiveVM(t, map[string]string{"vda": f, "vdb": g})
+	sockDir, err := os.MkdirTemp("", "qga-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	silent := filepath.Join(sockDir, "qga.sock")
+	ln, err := net.Listen("unix", silent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { // reads everything, answers nothing
+				defer c.Close()
+				buf := make([]byte, 4096)
+				for {
+					if _, err := c.Read(buf); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	m := &Manager{Store: &Store{Dir: filepath.Join(dir, "state")}, AgentTimeout: 300 * time.Millisecond}
+	if err := m.Store.Define(&VM{Name: "qs", QMP: q.qchain, QGA: silent, Disks: []Disk{{Target: "vda", Active: f}, {Target: "vdb", Active: g}}}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err = m.CreateSnapshot("qs", "s1", "", true)
+	if err == nil || !strings.Contains(err.Error(), "did not answer") || !strings.Contains(err.Error(), "qemu-ga") {
+		t.Fatalf("create --quiesce with a silent agent: %v", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("gave up after %v", d)
+	}
+	t.Logf("%v", err)
+	vm, err := m.Store.Load("qs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(vm.Snapshots) != 0 || vm.Disks[0].Active != f || vm.Disks[1].Active != g {
+		t.Errorf("the failed create changed the VM: %+v", vm)
+	}
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if e.Name() != "vda.qcow2" && e.Name() != "vdb.qcow2" && e.Name() != "state" {
+			t.Errorf("%s left behind", e.Name())
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "state", "vms", "qs", "journal.json")); !os.IsNotExist(err) {
+		t.Errorf("a journal after the failed create: %v", err)
 	}
 }
