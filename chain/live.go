@@ -12,10 +12,15 @@ import (
 )
 
 // Live runs steps that touch a running VM's disks through its QMP monitor.
+// A Live serves one operation, and is not safe for concurrent use.
 type Live struct {
 	Conn *qmp.Conn
 	// Progress, when set, receives each job's progress.
 	Progress func(s Step, current, total int64)
+
+	// disks are the running disks as last read, while cached.
+	disks  []qmp.Disk
+	cached bool
 }
 
 // DialVM connects to a VM's QMP socket; an error means it is not running
@@ -33,9 +38,28 @@ func DialVM(ctx context.Context, vm *VM) (*qmp.Conn, error) {
 }
 
 // runningChains returns, per disk of the running VM, its layers top first.
+// It reads them from QEMU once, and again only after Live itself changed
+// QEMU's graph (changed): each read is four QMP round trips, and an
+// operation looks up its files a dozen times, which on a loaded host
+// added seconds to every operation and to the time a quiesced guest stays
+// frozen. Nothing else changes the graph of a VM qchain works on: the
+// operation holds the VM's lock, and verify compared QEMU's disks with the
+// metadata when it started.
 func (l *Live) runningChains(ctx context.Context) ([]qmp.Disk, error) {
-	return qmp.DiskChains(ctx, l.Conn)
+	if l.cached {
+		return l.disks, nil
+	}
+	disks, err := qmp.DiskChains(ctx, l.Conn)
+	if err != nil {
+		return nil, err
+	}
+	l.disks, l.cached = disks, true
+	return disks, nil
 }
+
+// changed forgets the running disks read so far, after Live sent QEMU a
+// command that changes its graph (whether it succeeded or not).
+func (l *Live) changed() { l.disks, l.cached = nil, false }
 
 // diskFor finds the running disk whose chain holds file, and the index of
 // the layer.
@@ -92,6 +116,7 @@ func (l *Live) run(ctx context.Context, s Step) (handled bool, err error) {
 			js.BaseNode = d.Chain[bidx].NodeName
 			js.BackingFile = s.Backing
 		}
+		defer l.changed()
 		return true, l.wait(ctx, s, js)
 	case StepCommit:
 		d, idx, err := l.diskFor(ctx, s.Top)
@@ -112,6 +137,7 @@ func (l *Live) run(ctx context.Context, s Step) (handled bool, err error) {
 			// names backing files (else qemu writes a json: name).
 			jc.BackingFile = relName(qmp.PlainFilename(d.Chain[idx-1].Filename), s.Base)
 		}
+		defer l.changed()
 		return true, l.wait(ctx, s, jc)
 	case StepRebase:
 		// A file the running VM has open is rewritten by qemu itself (the
@@ -131,7 +157,9 @@ func (l *Live) run(ctx context.Context, s Step) (handled bool, err error) {
 			}
 			// An overlay node qchain added, left as a root once a commit
 			// or pull took it out of the disk's chain: delete the node.
-			if err := l.Conn.BlockdevDel(ctx, d.NodeName); err != nil {
+			err = l.Conn.BlockdevDel(ctx, d.NodeName)
+			l.changed()
+			if err != nil {
 				return true, fmt.Errorf("removing %s: deleting its node %s: %w", s.File, d.NodeName, err)
 			}
 		}
@@ -197,6 +225,7 @@ func (l *Live) snapshot(ctx context.Context, s Step) error {
 	if err != nil {
 		return err
 	}
+	defer l.changed()
 	var actions []qmp.TransactionAction
 	var added []string
 	undo := func() {
