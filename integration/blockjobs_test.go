@@ -194,6 +194,42 @@ func TestBlockLiveBlockdev(t *testing.T) {
 	c.checkContent(t, bin, c.path("copy.qcow2"))
 }
 
+// TestBlockLiveShallowCopyThenCommit: a shallow copy pivoted on a disk of
+// -blockdev nodes gets the disk's own backing node as its backing, so a
+// later commit into the backing chain can write. qchain's drive-mirror
+// onto the DEST it made had QEMU open DEST's backing chain a second time
+// at the pivot; with the user's nodes of those files still open, QEMU's
+// locks then refused the commit ("Failed to get "write" lock"). The node
+// qchain added for DEST goes once the commit took it out of the chain.
+func TestBlockLiveShallowCopyThenCommit(t *testing.T) {
+	bin := requireTools(t)
+	t.Parallel()
+	c := newBlockChain(t)
+	vm := startVM(t, c, vmDevice, "")
+	mustQchain(t, bin, c.dir, "blockcopy", "--qmp", vm.sock, "--shallow", "--pivot", vm.disk, c.path("copy.qcow2"))
+	vm.guestWrite(t, c, 5<<20, 64<<10, 0x71)
+	mustQchain(t, bin, c.dir, "blockcommit", "--qmp", vm.sock, "--active", "--pivot", vm.disk)
+	r := mustQchain(t, bin, c.dir, "disks", "--qmp", vm.sock, "--output=json")
+	if got := disksTop(t, r.Stdout, vm.disk); got != "base.qcow2" {
+		t.Errorf("after the commit %s runs on %s, want base.qcow2", vm.disk, got)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), blockTimeout)
+	defer cancel()
+	nodes, err := vm.mon.QueryNamedBlockNodes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		if strings.HasPrefix(n.NodeName, "qchain-") {
+			t.Errorf("node %s (%s) left in QEMU", n.NodeName, n.File)
+		}
+	}
+	vm.quit()
+	c.checkChain(t, c.base, "base.qcow2")
+	c.checkContent(t, bin, c.base)
+	c.checkChain(t, c.path("copy.qcow2"), "copy.qcow2", "snap1.qcow2", "base.qcow2")
+}
+
 // TestBlockOffline runs the jobs on image paths through a private
 // qemu-storage-daemon.
 func TestBlockOffline(t *testing.T) {

@@ -125,6 +125,9 @@ func (t *Target) Control(ctx context.Context, dj *DiskJobs, opts ControlOptions)
 		job.Abort()
 	}
 	jr, err := t.wait(ctx, job, label, what, onReady, opts.WaitOptions)
+	if err != nil || jr.Status != qmp.JobReady {
+		t.releaseTargets(ctx)
+	}
 	if opts.Action == Abort {
 		switch {
 		case errors.Is(err, qmp.ErrJobAborted) && !errors.Is(err, ErrInterrupted):

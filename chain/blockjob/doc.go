@@ -1,5 +1,7 @@
 // Package blockjob runs virsh-like block jobs on one disk: pull
-// (block-stream), commit (block-commit) and copy (drive-mirror), and
+// (block-stream), commit (block-commit) and copy (drive-mirror; a live
+// shallow copy blockdev-mirror into a node qchain adds on the disk's own
+// backing node, deleted again once nothing uses it), and
 // follows, steers or finishes a job already running, also one that a
 // killed process left behind.
 //

@@ -43,6 +43,10 @@ type Plan struct {
 	// created is a file the plan made (a copy's DEST), removed again if
 	// the job does not start.
 	created string
+	// target is the node a copy mirrors into when the plan adds it
+	// itself (blockdev-add before blockdev-mirror): nil when QEMU opens
+	// DEST (drive-mirror).
+	target map[string]any
 	// wait is set when the options ask for something only a waiting Run
 	// can do: a pivot, a finish, deleting files.
 	wait bool
@@ -249,7 +253,9 @@ func (t *Target) PlanCommit(ctx context.Context, disk string, opts CommitOptions
 // created with the active layer's format unless opts.ReuseExternal, and
 // kept in sync until the job ends as opts say. A qcow2 or raw DEST is
 // created here (a shallow one on the backing file's plain name) and QEMU
-// reuses it; Run removes it again if the job does not start.
+// reuses it; Run removes it again if the job does not start. A live
+// shallow copy into a DEST made here is a blockdev-mirror into a node Run
+// adds on DEST with the disk's own backing node as its backing.
 func (t *Target) PlanCopy(ctx context.Context, disk, dest string, opts CopyOptions) (*Plan, error) {
 	disks, d, err := t.disk(ctx, disk)
 	if err != nil {
@@ -325,6 +331,20 @@ func (t *Target) PlanCopy(ctx context.Context, disk, dest string, opts CopyOptio
 		disks:   disks,
 		created: created,
 		wait:    pivot || finish,
+	}
+	if created != "" && jm.Sync == qmp.SyncTop && len(d.Chain) > 1 && jm.Format == "qcow2" && !t.Offline() {
+		// A shallow DEST gets the disk's own backing node, as libvirt
+		// does it. drive-mirror onto an existing DEST opens DEST's
+		// backing file again at the pivot, a second node of that
+		// file; where the first stays open (a -blockdev node the user
+		// made), QEMU's locks then refuse every later write into the
+		// file (a commit into it) through either node.
+		node := copyTargetName(jm.JobID)
+		p.target = map[string]any{
+			"driver": "qcow2", "node-name": node, "backing": d.Chain[1].NodeName,
+			"file": map[string]any{"driver": "file", "filename": absDest},
+		}
+		p.starter = &qmp.BlockdevMirror{JobID: jm.JobID, Device: jm.Device, Target: node, Sync: jm.Sync}
 	}
 	switch {
 	case pivot && !t.Offline():

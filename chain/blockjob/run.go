@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
+	"time"
 
 	"github.com/qchain/qchain/qcow2"
 	"github.com/qchain/qchain/qmp"
@@ -90,12 +92,13 @@ func (t *Target) Run(ctx context.Context, p *Plan, opts RunOptions) (*Result, er
 		return res, nil
 	}
 	jr, err := t.wait(ctx, job, p.Label, p.What, p.OnReady, opts.WaitOptions)
-	if err != nil {
-		return nil, err
-	}
-	if jr.Status == qmp.JobReady {
+	if err == nil && jr.Status == qmp.JobReady {
 		res.Outcome = Ready
 		return res, nil
+	}
+	t.releaseTargets(ctx)
+	if err != nil {
+		return nil, err
 	}
 	if t.Offline() {
 		// Quit the daemon first: the files are closed and flushed once
@@ -127,6 +130,8 @@ func setSpeed(s qmp.JobStarter, speed int64) {
 		a.Speed = speed
 	case *qmp.DriveMirror:
 		a.Speed = speed
+	case *qmp.BlockdevMirror:
+		a.Speed = speed
 	}
 }
 
@@ -135,8 +140,16 @@ func (t *Target) start(ctx context.Context, p *Plan) (*qmp.Job, error) {
 	if err := t.checkIdle(ctx, p); err != nil {
 		return nil, err
 	}
+	if p.target != nil {
+		if err := t.conn.BlockdevAdd(ctx, p.target); err != nil {
+			return nil, fmt.Errorf("%s: cannot open the copy's target %s: %w", p.Label, p.created, qmpDesc(err))
+		}
+	}
 	job, err := qmp.StartJob(ctx, t.conn, p.starter)
 	if err != nil {
+		if p.target != nil {
+			t.releaseTargets(ctx)
+		}
 		var qe *qmp.Error
 		if errors.As(err, &qe) {
 			return nil, fmt.Errorf("%s: cannot start the %s: %s", p.Label, p.What, qe.Desc)
@@ -260,4 +273,39 @@ func removeSynced(name string) error {
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+// copyTargetPrefix starts the name of every node a live shallow copy
+// mirrors into (copyTargetName).
+const copyTargetPrefix = "qchain-target-"
+
+// copyTargetName is the node a live shallow copy with job id jobID mirrors
+// into: qchain adds it, on DEST and with the disk's own backing node.
+func copyTargetName(jobID string) string { return qmp.NodeName("target", jobID) }
+
+// releaseTimeout bounds releaseTargets, which runs whatever happened to
+// the caller's context.
+const releaseTimeout = 30 * time.Second
+
+// releaseTargets deletes the copy target nodes qchain added that nothing
+// uses any more, after a job ended: the target of a copy that ended
+// without a pivot (so DEST is closed, complete), or that failed, and one
+// a later job took out of its disk's chain. QEMU refuses to delete a node
+// in use (a disk's active layer, a backing file, a running job's target):
+// those stay, and the refusal is no error.
+func (t *Target) releaseTargets(ctx context.Context) {
+	if t.Offline() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
+	defer cancel()
+	nodes, err := t.conn.QueryNamedBlockNodes(ctx)
+	if err != nil {
+		return
+	}
+	for _, n := range nodes {
+		if strings.HasPrefix(n.NodeName, copyTargetPrefix) {
+			_ = t.conn.BlockdevDel(ctx, n.NodeName)
+		}
+	}
 }
