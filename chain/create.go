@@ -103,17 +103,21 @@ func (m *Manager) CreateSnapshot(vmName, name, description string, quiesce bool)
 // rollbackCreate undoes a live create whose transaction did not switch any
 // disk: it removes the overlays the journal created and drops the journal.
 // It refuses (returns an error) when any disk already runs on a new overlay.
+// It runs also when the create was cancelled (Ctx), with a context of its
+// own.
 func (m *Manager) rollbackCreate(l *Locked, j *Journal, live *Live) error {
 	for _, s := range j.Steps {
 		if s.Kind == StepLiveSnapshot && s.Done {
 			return fmt.Errorf("the switch happened")
 		}
 	}
+	ctx, cancel := cleanupContext(m.ctx())
+	defer cancel()
 	for _, s := range j.Steps {
 		if s.Kind != StepCreateOverlay {
 			continue
 		}
-		if d, _, err := live.diskFor(m.ctx(), s.File); err != nil || d != nil {
+		if d, _, err := live.diskFor(ctx, s.File); err != nil || d != nil {
 			return fmt.Errorf("%s is in use", s.File)
 		}
 	}

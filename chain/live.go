@@ -221,6 +221,9 @@ func (l *Live) wait(ctx context.Context, s Step, js qmp.JobStarter) error {
 // snapshot adds the prepared overlays and makes them active in one
 // transaction; if they already are (a step run again), it does nothing.
 func (l *Live) snapshot(ctx context.Context, s Step) error {
+	if err := ctx.Err(); err != nil {
+		return err // cancelled: change nothing more
+	}
 	disks, err := l.runningChains(ctx)
 	if err != nil {
 		return err
@@ -229,8 +232,10 @@ func (l *Live) snapshot(ctx context.Context, s Step) error {
 	var actions []qmp.TransactionAction
 	var added []string
 	undo := func() {
+		cctx, cancel := cleanupContext(ctx)
+		defer cancel()
 		for _, n := range added {
-			l.Conn.BlockdevDel(context.Background(), n)
+			l.Conn.BlockdevDel(cctx, n)
 		}
 	}
 	for i, target := range s.Targets {
@@ -252,6 +257,12 @@ func (l *Live) snapshot(ctx context.Context, s Step) error {
 		case err != nil && strings.Contains(err.Error(), "Duplicate"):
 			// Added by an interrupted run of this step: use it.
 		case err != nil:
+			var qe *qmp.Error
+			if !errors.As(err, &qe) {
+				// No answer (cancelled, or QEMU went away): the node
+				// may have been added all the same.
+				added = append(added, node)
+			}
 			undo()
 			return fmt.Errorf("adding overlay %s: %w", file, err)
 		default:

@@ -39,6 +39,16 @@ type Manager struct {
 // guest, and without an agent nothing ever answers the handshake.
 const DefaultAgentTimeout = 10 * time.Second
 
+// cleanupTimeout bounds the clean-up of an operation that failed or was
+// cancelled, which runs whatever happened to Ctx.
+const cleanupTimeout = 30 * time.Second
+
+// cleanupContext returns a context for the clean-up after a failure: not
+// cancelled with ctx (an interrupt), bounded by cleanupTimeout.
+func cleanupContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+}
+
 func (m *Manager) agentTimeout() time.Duration {
 	if m.AgentTimeout > 0 {
 		return m.AgentTimeout

@@ -2,14 +2,19 @@ package chain
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
+	"errors"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/qchain/qchain/fixtures"
 )
 
 // fakeGuestAgent answers qemu-ga's protocol on a unix socket: the
@@ -221,5 +226,79 @@ func TestQuiesceSilentAgent(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "state", "vms", "qs", "journal.json")); !os.IsNotExist(err) {
 		t.Errorf("a journal after the failed create: %v", err)
+	}
+}
+
+// TestQuiesceCancelled: cancelling Manager.Ctx while the guest's file
+// systems are frozen (the CLI does on SIGINT and SIGTERM) thaws them and
+// undoes the create: no snapshot, no new overlay, no journal, no node
+// left in QEMU, which still runs on the old images. It is cancelled as
+// blockdev-add of the first new overlay goes to QEMU (through a relay
+// that sees it first), so that the add takes effect although its answer
+// is never read. (A qchain killed by the signal used to leave the guest
+// frozen; a cancelled one left the journal and the node.)
+func TestQuiesceCancelled(t *testing.T) {
+	need(t, "qemu-img", "qemu-system-x86_64")
+	dir := t.TempDir()
+	f, g := filepath.Join(dir, "vda.qcow2"), filepath.Join(dir, "vdb.qcow2")
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", f, "4M")
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", g, "4M")
+	q := startLiveVM(t, map[string]string{"vda": f, "vdb": g})
+	relay, err := fixtures.StartQMPRelay(q.qchain+"-relay", q.qchain, 5*time.Millisecond, 10*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer relay.Close()
+	ga := startFakeGuestAgent(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var frozenAtCancel atomic.Bool
+	relay.Watch(func(m fixtures.RelayMessage) {
+		if m.ToServer && strings.Contains(string(m.Line), `"blockdev-add"`) && ctx.Err() == nil {
+			frozen, _, _ := ga.state()
+			frozenAtCancel.Store(frozen)
+			cancel()
+		}
+	})
+	m := &Manager{Ctx: ctx, Store: &Store{Dir: filepath.Join(dir, "state")}}
+	if err := m.Store.Define(&VM{Name: "qc", QMP: relay.Path, QGA: ga.path, Disks: []Disk{{Target: "vda", Active: f}, {Target: "vdb", Active: g}}}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = m.CreateSnapshot("qc", "s1", "", true)
+	if err == nil || !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "not taken") {
+		t.Fatalf("create cancelled in the frozen section: %v", err)
+	}
+	t.Logf("%v", err)
+	if frozen, freezes, thaws := ga.state(); !frozenAtCancel.Load() || frozen || freezes != 1 || thaws != 1 {
+		t.Errorf("frozen when cancelled %t, frozen now %t, %d freezes, %d thaws; want true, false, 1, 1", frozenAtCancel.Load(), frozen, freezes, thaws)
+	}
+	vm, err := m.Store.Load("qc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(vm.Snapshots) != 0 || vm.Disks[0].Active != f || vm.Disks[1].Active != g {
+		t.Errorf("the cancelled create changed the VM: %+v", vm)
+	}
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if e.Name() != "vda.qcow2" && e.Name() != "vdb.qcow2" && e.Name() != "state" {
+			t.Errorf("%s left behind", e.Name())
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "state", "vms", "qc", "journal.json")); !os.IsNotExist(err) {
+		t.Errorf("a journal after the cancelled create: %v", err)
+	}
+	bg := context.Background()
+	if err := (&Live{Conn: q.conn}).verify(bg, vm); err != nil {
+		t.Errorf("QEMU after the cancelled create: %v", err)
+	}
+	nodes, err := q.conn.QueryNamedBlockNodes(bg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		if strings.HasPrefix(n.NodeName, "qchain-") {
+			t.Errorf("node %s (%s) left in QEMU", n.NodeName, n.File)
+		}
 	}
 }

@@ -68,7 +68,17 @@ func snapshotCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					s, err := manager(c).CreateSnapshot(a[0], a[1], c.String("description"), c.Bool("quiesce"))
+					// SIGINT and SIGTERM cancel the create instead of
+					// killing qchain: with --quiesce a killed qchain
+					// would leave the guest's file systems frozen.
+					ctx, stop := signalContext(c.Context)
+					defer stop()
+					m := manager(c)
+					m.Ctx = ctx
+					s, err := m.CreateSnapshot(a[0], a[1], c.String("description"), c.Bool("quiesce"))
+					if err != nil && ctx.Err() != nil {
+						return exitCode(exitInterrupted, fmt.Errorf("interrupted: %w", err))
+					}
 					if err != nil {
 						return err
 					}
