@@ -7,8 +7,12 @@ const CmdBlockdevBackup = "blockdev-backup"
 
 // Values of BlockdevBackup.Sync beyond MirrorSync's (QAPI MirrorSyncMode).
 const (
-	// SyncIncremental copies the clusters the job's bitmap marks dirty.
+	// SyncIncremental copies the clusters the job's bitmap marks dirty;
+	// QEMU accepts it only with BitmapModeOnSuccess.
 	SyncIncremental = "incremental"
+	// SyncBitmap copies the clusters the job's bitmap marks dirty, with
+	// any BitmapMode.
+	SyncBitmap = "bitmap"
 )
 
 // Values of BlockdevBackup.BitmapMode (QAPI BitmapSyncMode).
@@ -26,8 +30,9 @@ const (
 // BlockdevBackup is the argument of blockdev-backup: copy Device to the
 // already added node Target as it was when the job started (writes to
 // Device after that copy the old data to Target first). With
-// SyncIncremental only the clusters Bitmap marks are copied; with
-// BitmapModeNever the set copied is the bitmap's content at the start.
+// SyncIncremental or SyncBitmap only the clusters Bitmap marks are
+// copied; with BitmapModeNever the set copied is the bitmap's content at
+// the start.
 type BlockdevBackup struct {
 	JobID         string `json:"job-id,omitempty"`
 	Device        string `json:"device"`
