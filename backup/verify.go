@@ -112,19 +112,26 @@ func pointChain(dir string, x *Index, n int64, target string) ([]string, error) 
 	if p.Disk(target) == nil {
 		return nil, fmt.Errorf("%s: point %d has no disk %s", dir, n, target)
 	}
-	var files []string
+	var points []*Point
 	for q := p; q != nil; q = x.Previous(q) {
-		d := q.Disk(target)
-		if d == nil {
+		if q.Disk(target) == nil {
 			return nil, fmt.Errorf("%s: point %d has no disk %s", dir, q.Point, target)
 		}
-		if msg := checkPointFile(dir, x, q, *d); msg != "" {
-			return nil, fmt.Errorf("%s: point %d disk %s: %s: %s", dir, q.Point, target, d.File, msg)
-		}
-		files = append(files, filepath.Join(dir, d.File))
+		points = append(points, q)
 		if q.Kind == Full {
 			break
 		}
+	}
+	// Bottom first: a missing or bad file is named, not found missing
+	// as the backing file of the one above it.
+	files := make([]string, len(points))
+	for i := len(points) - 1; i >= 0; i-- {
+		q := points[i]
+		d := q.Disk(target)
+		if msg := checkPointFile(dir, x, q, *d); msg != "" {
+			return nil, fmt.Errorf("%s: point %d disk %s: %s: %s", dir, q.Point, target, d.File, msg)
+		}
+		files[i] = filepath.Join(dir, d.File)
 	}
 	return files, nil
 }
