@@ -332,7 +332,7 @@ func fullReason(dir string, x *Index, vm *chain.VM, bitmaps map[string][]qmp.Dir
 		}
 		switch {
 		case found == nil:
-			return fmt.Sprintf("disk %s: its active image %s has no bitmap %s (a snapshot made a new image active since point %d, or the bitmap was lost)", d.Target, filepath.Base(d.Active), want, last.Point)
+			return fmt.Sprintf("disk %s: its active image %s has no bitmap %s (a snapshot made a new image active since point %d, or qemu did not close the image)", d.Target, filepath.Base(d.Active), want, last.Point)
 		case found.Inconsistent:
 			return fmt.Sprintf("disk %s: bitmap %s is inconsistent (qemu did not close the image cleanly)", d.Target, want)
 		case !found.Recording:
