@@ -99,6 +99,14 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 			s.close()
 		}
 	}()
+	if s.live {
+		// A qchain killed during a backup left its jobs running in
+		// qemu (holding the previous point's bitmap busy) and its
+		// target nodes: they go first.
+		for _, d := range vm.Disks {
+			s.clearLeftovers(ctx, qmp.JobID("backup", d.Target), qmp.NodeName("backup", d.Target))
+		}
+	}
 	bitmaps, err := s.bitmaps(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("VM %s: reading the dirty bitmaps: %w", vm.Name, err)
@@ -162,9 +170,6 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 		}
 		if err := qcow2.Create(r.tmp, co); err != nil {
 			return fail(err)
-		}
-		if s.live {
-			s.clearLeftovers(ctx, qmp.JobID("backup", d.Target), r.node)
 		}
 		abs, err := filepath.Abs(r.tmp)
 		if err != nil {

@@ -113,27 +113,7 @@ func TestBackupLive(t *testing.T) {
 	if err := bg.Start(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(time.Minute)
-	for {
-		jobs, err := q.mon.QueryJobs(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		running := false
-		for _, j := range jobs {
-			if j.ID == qmp.JobID("backup", "vda") && j.Status == "running" {
-				t.Logf("during the backup: job %s %s %d/%d", j.ID, j.Status, j.CurrentProgress, j.TotalProgress)
-				running = true
-			}
-		}
-		if running {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no backup job")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	bkWaitRunning(t, ctx, q, "vda")
 	q.io(t, "vda", "write -P 0x34 43M 1M", "write -P 0x35 50M 64k")
 	q.io(t, "vdb", "write -P 0x36 0 64k")
 	if err := bg.Wait(); err != nil {
@@ -150,6 +130,23 @@ func TestBackupLive(t *testing.T) {
 	p4, _ := e.backup()
 	if p := e.point(p4); p.kind != "incremental" || p.copied["vda"] != (1<<20)+(64<<10) || p.copied["vdb"] != 64<<10 {
 		t.Errorf("incremental after the writes during a backup: %+v", p)
+	}
+
+	// A qchain killed during a backup: the next run removes what it
+	// left (its job in qemu, its node, its file, its new bitmap), says
+	// so, and makes an incremental point with everything since p4.
+	q.io(t, "vda", "write -P 0x3a 44M 4M")
+	kill := exec.CommandContext(ctx, e.bin, "backup", "create", "--to", e.dir, "--bandwidth", "1", e.vm)
+	kill.Env = bg.Env
+	if err := kill.Start(); err != nil {
+		t.Fatal(err)
+	}
+	bkWaitRunning(t, ctx, q, "vda")
+	kill.Process.Kill()
+	kill.Wait()
+	p5k, msg := e.backup()
+	if p := e.point(p5k); p5k != p4+1 || p.kind != "incremental" || p.copied["vda"] != 4<<20 || !strings.Contains(msg, "interrupted run left .vda.") {
+		t.Errorf("backup after a killed one: point %d %+v %q", p5k, p, msg)
 	}
 
 	// qemu stores the bitmaps when it quits: the next point, offline, is
@@ -179,4 +176,24 @@ func TestBackupLive(t *testing.T) {
 	}
 	e.restoreAll()
 	e.ok("backup", "verify", e.dir)
+}
+
+// bkWaitRunning waits until the backup job of disk runs in q.
+func bkWaitRunning(t *testing.T, ctx context.Context, q *bkQemu, disk string) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		jobs, err := q.mon.QueryJobs(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, j := range jobs {
+			if j.ID == qmp.JobID("backup", disk) && j.Status == "running" {
+				t.Logf("during the backup: job %s %s %d/%d", j.ID, j.Status, j.CurrentProgress, j.TotalProgress)
+				return
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatal("no backup job running")
 }
