@@ -1,6 +1,7 @@
 package backup
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -163,17 +164,30 @@ func ReadIndex(dir string) (*Index, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
+	x, err := ParseIndex(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return x, nil
+}
+
+// ParseIndex decodes and checks the content of a backup.json; errors wrap
+// ErrCorruptIndex.
+func ParseIndex(b []byte) (*Index, error) {
 	if len(b) > MaxIndexSize {
-		return nil, fmt.Errorf("%s: %w: larger than %d bytes", name, ErrCorruptIndex, MaxIndexSize)
+		return nil, fmt.Errorf("%w: larger than %d bytes", ErrCorruptIndex, MaxIndexSize)
 	}
 	x := &Index{}
-	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(x); err != nil {
-		return nil, fmt.Errorf("%s: %w: %v", name, ErrCorruptIndex, err)
+		return nil, fmt.Errorf("%w: %v", ErrCorruptIndex, err)
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("%w: data after the index", ErrCorruptIndex)
 	}
 	if err := x.validate(); err != nil {
-		return nil, fmt.Errorf("%s: %w: %v", name, ErrCorruptIndex, err)
+		return nil, fmt.Errorf("%w: %v", ErrCorruptIndex, err)
 	}
 	return x, nil
 }

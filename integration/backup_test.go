@@ -245,24 +245,43 @@ func TestBackupOffline(t *testing.T) {
 	e.restoreAll()
 	e.ok("backup", "verify", e.dir)
 
+	// A merge stopped after it recorded itself is finished by the next
+	// merge, and blocks new points until then.
+	idx := filepath.Join(e.dir, "backup.json")
+	good, _ := os.ReadFile(idx)
+	os.WriteFile(idx, bytes.Replace(good, []byte(`"points": [`), []byte(fmt.Sprintf(`"merging": %d, "points": [`, p8)), 1), 0o600)
+	e.fails([]string{fmt.Sprintf("a merge into point %d was interrupted", p8), "backup merge"}, "backup", "create", "--to", e.dir, "vm1")
+	if res := e.run("backup", "verify", e.dir); res.ExitCode != 1 {
+		t.Errorf("verify during a merge: exit %d\n%s", res.ExitCode, res.Stdout)
+	}
+	out = e.ok("backup", "merge", "--keep", "4", e.dir)
+	nums = nil
+	for _, q := range e.list().Points {
+		nums = append(nums, q.Point)
+	}
+	if fmt.Sprint(nums) != fmt.Sprint([]int64{p8, p9}) || e.point(p8).kind != "full" || !strings.Contains(out, fmt.Sprintf("merged into point %d", p8)) {
+		t.Errorf("finishing a merge into %d: points %v, %s", p8, nums, out)
+	}
+	e.restoreAll()
+	e.ok("backup", "verify", e.dir)
+
 	// Bad input: one-line errors, nothing changed.
 	e.q.Create("vm2-vda.qcow2", "1M")
 	e.ok("vm", "define", "--disk", "vda=vm2-vda.qcow2", "vm2")
 	e.ok("backup", "create", "--to", filepath.Join(e.root, "bk2"), "vm2")
 	e.fails([]string{e.dir, "holds backups of VM vm1, not of VM vm2"}, "backup", "create", "--to", e.dir, "vm2")
-	e.fails([]string{"no point 1 ", "points: 6, 7, 8, 9"}, "backup", "restore", "--point", "1", "--to", filepath.Join(e.root, "r"), e.dir)
+	e.fails([]string{"no point 1 ", "points: 8, 9"}, "backup", "restore", "--point", "1", "--to", filepath.Join(e.root, "r"), e.dir)
 	e.fails([]string{"not a backup folder"}, "backup", "list", e.img)
-	os.Rename(filepath.Join(e.dir, "vdb.7.qcow2"), filepath.Join(e.root, "vdb.7.qcow2"))
-	e.fails([]string{"point 7 disk vdb", "missing"}, "backup", "restore", "--point", "8", "--to", filepath.Join(e.root, "r"), e.dir)
+	os.Rename(filepath.Join(e.dir, "vdb.8.qcow2"), filepath.Join(e.root, "vdb.8.qcow2"))
+	e.fails([]string{"point 8 disk vdb", "missing"}, "backup", "restore", "--point", "8", "--to", filepath.Join(e.root, "r"), e.dir)
 	res = e.run("backup", "verify", e.dir)
-	if res.ExitCode != 1 || !strings.Contains(string(res.Stdout), "point 7 disk vdb: vdb.7.qcow2: missing") {
+	if res.ExitCode != 1 || !strings.Contains(string(res.Stdout), "point 8 disk vdb: vdb.8.qcow2: missing") {
 		t.Errorf("verify of a missing file: exit %d\n%s%s", res.ExitCode, res.Stdout, res.Stderr)
 	}
-	os.Rename(filepath.Join(e.root, "vdb.7.qcow2"), filepath.Join(e.dir, "vdb.7.qcow2"))
-	idx := filepath.Join(e.dir, "backup.json")
-	good, _ := os.ReadFile(idx)
-	os.WriteFile(idx, bytes.Replace(good, []byte(`"vdb.7.qcow2"`), []byte(`"../vm1-vdb.qcow2"`), 1), 0o600)
-	e.fails([]string{"corrupt backup.json", "point 7 disk vdb", "../vm1-vdb.qcow2"}, "backup", "list", e.dir)
+	os.Rename(filepath.Join(e.root, "vdb.8.qcow2"), filepath.Join(e.dir, "vdb.8.qcow2"))
+	good, _ = os.ReadFile(idx)
+	os.WriteFile(idx, bytes.Replace(good, []byte(`"vdb.8.qcow2"`), []byte(`"../vm1-vdb.qcow2"`), 1), 0o600)
+	e.fails([]string{"corrupt backup.json", "point 8 disk vdb", "../vm1-vdb.qcow2"}, "backup", "list", e.dir)
 	os.WriteFile(idx, good, 0o600)
 	e.ok("backup", "verify", e.dir)
 }
