@@ -278,3 +278,11 @@ func (l *Live) verify(ctx context.Context, vm *VM) error {
 	}
 	return nil
 }
+
+// RunningDisk finds the running disk of a VM disk's target among qemu's
+// disks (qmp.DiskChains) as the live executor does: by -drive id, device
+// id or QOM path, or node name. It returns nil when there is none.
+func RunningDisk(disks []qmp.Disk, target string) *qmp.Disk { return findDisk(disks, target) }
+
+// SameFile reports whether a and b name the same existing file.
+func SameFile(a, b string) bool { return same(a, b) }
