@@ -115,4 +115,3 @@ func TestMigrateTruncated(t *testing.T) {
 	}
 	t.Logf("as expected: %v", err)
 }
-
