@@ -1,7 +1,9 @@
 package chain
 
 import (
+	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 
@@ -108,6 +110,7 @@ func (m *Manager) planDelete(vm *VM, name string, opts DeleteOptions, live *Live
 	if err := m.planUnused(vm, final, p, live, keepAll); err != nil {
 		return nil, err
 	}
+	planMemoryFiles(vm, final, p, keepAll)
 	p.Final = final
 	for _, st := range p.Steps {
 		p.Bytes += st.Bytes
@@ -409,4 +412,30 @@ func (m *Manager) Delete(vmName, name string, opts DeleteOptions, dryRun bool) (
 	}
 	j := &Journal{Op: "delete", Snapshot: name, Started: m.now(), Steps: p.Steps, Final: p.Final, Live: ex.Live != nil}
 	return p, l.run(j, ex, m.BeforeStep)
+}
+
+// planMemoryFiles removes the memory state files of the checkpoints the
+// plan deletes that no snapshot left needs (or, with keepAll, names them
+// as kept).
+func planMemoryFiles(vm, final *VM, p *Plan, keepAll string) {
+	needed := map[string]bool{}
+	for _, s := range final.Snapshots {
+		if s.Memory != nil {
+			needed[s.Memory.File] = true
+		}
+	}
+	for _, s := range vm.Snapshots {
+		if s.Memory == nil || final.Snapshot(s.Name) != nil || needed[s.Memory.File] {
+			continue
+		}
+		if keepAll != "" {
+			p.Kept = append(p.Kept, KeptFile{File: s.Memory.File, Reason: keepAll})
+			continue
+		}
+		if _, err := os.Stat(s.Memory.File); errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		p.Steps = append(p.Steps, Step{Kind: StepRemove, File: s.Memory.File, Why: "the memory state of checkpoint " + s.Name + ", which no snapshot needs any more"})
+		p.Removed = append(p.Removed, s.Memory.File)
+	}
 }

@@ -61,7 +61,7 @@ func (o *Offline) Run(s Step) error {
 			return err
 		}
 		return o.job(s)
-	case StepLiveSnapshot:
+	case StepLiveSnapshot, StepSaveMemory, StepResume:
 		return fmt.Errorf("the VM is not running: its QMP socket does not answer")
 	}
 	return fmt.Errorf("unknown step kind %q", s.Kind)

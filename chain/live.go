@@ -75,6 +75,10 @@ func (l *Live) run(ctx context.Context, s Step) (handled bool, err error) {
 	switch s.Kind {
 	case StepLiveSnapshot:
 		return true, l.snapshot(ctx, s)
+	case StepSaveMemory:
+		return true, l.saveMemory(ctx, s)
+	case StepResume:
+		return true, l.resume(ctx)
 	case StepPull:
 		d, idx, err := l.diskFor(ctx, s.File)
 		if err != nil || d == nil {

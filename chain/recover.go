@@ -1,5 +1,7 @@
 package chain
 
+import "os"
+
 // Recover finishes an interrupted operation of the VM from its journal
 // (every step can be run again), then saves the metadata it was to save.
 func (m *Manager) Recover(vmName string) (*Journal, error) {
@@ -20,10 +22,25 @@ func (m *Manager) Recover(vmName string) (*Journal, error) {
 	if ex.Live == nil {
 		// The VM stopped: making overlays active is now the metadata alone.
 		for i := range j.Steps {
-			if j.Steps[i].Kind == StepLiveSnapshot {
+			switch j.Steps[i].Kind {
+			case StepLiveSnapshot:
 				j.Steps[i].Done = true
+			case StepSaveMemory, StepResume:
+				if j.Steps[i].Done {
+					continue
+				}
+				// QEMU died with the checkpoint's memory unsaved: the
+				// disks hold a disk-only snapshot of an instant before
+				// the new overlays took any write.
+				j.Steps[i].Done = true
+				if j.Steps[i].Kind == StepSaveMemory {
+					if s := j.Final.Snapshot(j.Snapshot); s != nil {
+						s.Memory = nil
+					}
+					os.Remove(j.Steps[i].File)
+				}
 			}
 		}
 	}
-	return j, l.run(j, ex, m.BeforeStep)
+	return j, l.run(j, &vmExecutor{ex: ex, m: m, final: j.Final}, m.BeforeStep)
 }

@@ -1,0 +1,212 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/qchain/qchain/fixtures"
+	"github.com/qchain/qchain/fixtures/guest"
+)
+
+// ckInfo is `snapshot info --output=json` of a checkpoint.
+type ckInfo struct {
+	Name       string `json:"name"`
+	Memory     bool   `json:"memory"`
+	Internal   bool   `json:"internal"`
+	MemoryFile string `json:"memory_file"`
+	Format     string `json:"memory_format"`
+	Disks      []struct {
+		Target string `json:"target"`
+		File   string `json:"file"`
+	} `json:"disks"`
+}
+
+func (g *guestVM) ckInfo(snap string) ckInfo {
+	g.t.Helper()
+	var s ckInfo
+	out := g.ok("snapshot", "info", "--output=json", g.name, snap)
+	if err := json.Unmarshal([]byte(out), &s); err != nil {
+		g.t.Fatalf("snapshot info --output=json: %v\n%s", err, out)
+	}
+	return s
+}
+
+// checkpoint takes checkpoint snap with memory and returns the last record
+// its disk holds: the guest had acknowledged that record or the one
+// before when the checkpoint froze it.
+func (g *guestVM) checkpoint(snap string, extra ...string) (last uint64, info ckInfo) {
+	g.t.Helper()
+	g.ok(append(append([]string{"snapshot", "create", "--memory"}, extra...), g.name, snap)...)
+	info = g.ckInfo(snap)
+	if !info.Memory || info.Internal || info.MemoryFile == "" || len(info.Disks) != 1 {
+		g.t.Fatalf("checkpoint %s: info %+v", snap, info)
+	}
+	if fi, err := os.Stat(info.MemoryFile); err != nil || fi.Size() == 0 || filepath.Dir(info.MemoryFile) != g.img {
+		g.t.Fatalf("checkpoint %s: memory file %s: %v (want a file beside the disks)", snap, info.MemoryFile, err)
+	}
+	// qemu-img and qemu-system come from one QEMU in the tests' PATH.
+	qemuVersionOnce.Do(func() { qemuVersion, qemuVersionErr = fixtures.QemuImgVersion(context.Background()) })
+	if qemuVersionErr != nil {
+		g.t.Fatal(qemuVersionErr)
+	}
+	if want := map[bool]string{true: "mapped-ram", false: "stream"}[qemuVersion.AtLeast(9, 0)]; info.Format != want {
+		g.t.Fatalf("checkpoint %s saved as %q with QEMU %s, want %q", snap, info.Format, qemuVersion, want)
+	}
+	last, err := guest.CheckRecords(info.Disks[0].File, g.run, 0)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	if last == 0 {
+		g.t.Fatalf("checkpoint %s holds no record", snap)
+	}
+	return last, info
+}
+
+// checkResumed checks the console from offset on after a revert to a
+// checkpoint whose disk ends at record last: no boot (the RAM was
+// restored), acknowledgements continuing from the checkpoint's count one
+// by one. It waits for n more records. Acknowledgements the old qemu
+// printed before the revert quit it come first in the log; the restored
+// guest's start where the numbers fall back.
+func (g *guestVM) checkResumed(offset int64, last, n uint64) []uint64 {
+	g.t.Helper()
+	deadline := time.Now().Add(guestWait)
+	for {
+		c, err := guest.ReadConsoleLog(g.console, g.run, offset)
+		if err != nil {
+			g.t.Fatal(err)
+		}
+		if c.Readies != 0 {
+			g.t.Fatalf("the guest booted after the revert (READY %d): its memory was not restored", c.Next)
+		}
+		acks := c.Acks
+		for i := 1; i < len(acks); i++ {
+			if acks[i] <= acks[i-1] {
+				acks = acks[i:]
+				break
+			}
+		}
+		if len(acks) > 0 && acks[0] <= last+1 {
+			if f := acks[0]; f != last && f != last+1 {
+				g.t.Fatalf("after the revert the guest acknowledged %d first, want %d or %d (the checkpoint's disk ends at record %d)", f, last, last+1, last)
+			}
+			for i := 1; i < len(acks); i++ {
+				if acks[i] != acks[i-1]+1 {
+					g.t.Fatalf("acknowledgements after the revert jump from %d to %d", acks[i-1], acks[i])
+				}
+			}
+			if acks[len(acks)-1] >= last+n {
+				return acks
+			}
+		}
+		if time.Now().After(deadline) {
+			g.t.Fatalf("no %d records acknowledged after the revert within %s (checkpoint at %d; log from offset %d: %v)", n, guestWait, last, offset, c.Acks)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// checkDisk stops the VM and checks that its disk holds exactly the
+// records the guest acknowledged since offset (the last one, perhaps one
+// more), none of the discarded branch's beyond.
+func (g *guestVM) checkDisk(offset int64) {
+	g.t.Helper()
+	g.ok("vm", "stop", "--force", g.name)
+	c, err := guest.ReadConsoleLog(g.console, g.run, offset)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	acked := c.LastAck()
+	last, err := guest.CheckRecords(g.active(g.name, "vda"), g.run, acked)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	if last != acked && last != acked+1 {
+		g.t.Fatalf("the disk holds records up to %d, the guest acknowledged %d: records of the discarded branch remain", last, acked)
+	}
+}
+
+// TestCheckpointGuest proves checkpoints with memory with the real guest
+// writing records: a checkpoint taken with the vCPUs stopped and one
+// taken live, each reverted (the first while the VM runs on past it, the
+// second after the VM was stopped: qchain starts it); after each revert
+// the guest does not boot but acknowledges records from the checkpoint's
+// count on, and the disk holds exactly those records.
+func TestCheckpointGuest(t *testing.T) {
+	g := defineGuestVM(t, "ck", "ckpt", 10*time.Millisecond)
+	g.ok("vm", "start", "ck")
+	g.waitAck(0, 20)
+
+	// Checkpoint with the vCPUs stopped; the guest runs on past it.
+	last1, c1 := g.checkpoint("c1")
+	pre := g.waitAck(0, last1+40)
+	g.failsRunning([]string{"holds changes no snapshot keeps", "--force"}, "snapshot", "revert", "ck", "c1")
+	if s := g.vmState(); s.State != "running" {
+		t.Fatalf("a refused revert left the VM %s", s.State)
+	}
+	off := g.consoleSize()
+	g.ok("snapshot", "revert", "--force", "ck", "c1")
+	if s := g.vmState(); s.State != "running" {
+		t.Fatalf("after the revert the VM is %s", s.State)
+	}
+	acks := g.checkResumed(off, last1, 20)
+	if acks[0] >= pre.LastAck() {
+		t.Fatalf("the guest acknowledged %d before the revert and %d first after: no rewind", pre.LastAck(), acks[0])
+	}
+	g.checkDisk(off)
+
+	// A live checkpoint, reverted after the VM stopped: qchain starts it.
+	off = g.consoleSize()
+	g.ok("vm", "start", "ck")
+	c := g.waitAck(off, 1)
+	g.waitAck(off, c.LastAck()+20)
+	last2, _ := g.checkpoint("c2", "--live")
+	g.waitAck(off, last2+20)
+	g.ok("vm", "stop", "--force", "ck")
+	off = g.consoleSize()
+	g.ok("snapshot", "revert", "--force", "ck", "c2")
+	g.checkResumed(off, last2, 20)
+	g.checkDisk(off)
+
+	// Reverted --paused, the guest stays where the checkpoint left it.
+	off = g.consoleSize()
+	g.ok("snapshot", "revert", "--force", "--paused", "ck", "c2")
+	time.Sleep(2 * time.Second)
+	if c, err := guest.ReadConsoleLog(g.console, g.run, off); err != nil || len(c.Acks) != 0 || c.Readies != 0 {
+		t.Fatalf("a VM reverted --paused ran: %+v, %v", c, err)
+	}
+	g.ok("vm", "stop", "--force", "ck")
+
+	// A truncated memory state is refused before anything changes.
+	if err := os.Truncate(c1.MemoryFile, 4096); err != nil {
+		t.Fatal(err)
+	}
+	g.fails([]string{"checkpoint c1", "truncated"}, "snapshot", "revert", "--force", "ck", "c1")
+
+	// Deleting a checkpoint removes its memory state.
+	g.ok("snapshot", "delete", "ck", "c1")
+	if _, err := os.Stat(c1.MemoryFile); !os.IsNotExist(err) {
+		t.Fatalf("the memory state of the deleted checkpoint c1 is still there: %v", err)
+	}
+}
+
+// failsRunning runs a command that must fail with a one-line error
+// containing every part of want, while the guest runs (and writes).
+func (g *guestVM) failsRunning(want []string, args ...string) {
+	g.t.Helper()
+	res := g.scEnv.run(args...)
+	msg := string(res.Stderr)
+	if res.Err != nil || res.ExitCode == 0 || strings.Count(msg, "\n") != 1 {
+		g.t.Fatalf("%s: exit %d (%v), stderr %q: want a one-line failure", res.Cmd, res.ExitCode, res.Err, msg)
+	}
+	for _, w := range want {
+		if !strings.Contains(msg, w) {
+			g.t.Errorf("%s: error %q does not mention %q", res.Cmd, strings.TrimSpace(msg), w)
+		}
+	}
+}
