@@ -217,6 +217,14 @@ func (l *Live) switched(ctx context.Context, s Step) (bool, error) {
 // saveMemory runs StepSaveMemory; run again after an interruption it
 // finishes the migration it finds (or starts it when there is none).
 func (l *Live) saveMemory(ctx context.Context, s Step) error {
+	err := l.saveMemorySteps(ctx, s)
+	if qmp.IsClosed(err) {
+		return fmt.Errorf("qemu exited during the save: %w", err)
+	}
+	return err
+}
+
+func (l *Live) saveMemorySteps(ctx context.Context, s Step) error {
 	c := l.Conn
 	mi, err := c.QueryMigrate(ctx)
 	if err != nil {
