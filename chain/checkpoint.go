@@ -476,10 +476,51 @@ func (m *Manager) revertCheckpoint(l *Locked, s *Snapshot, o RevertOptions) (*Pl
 		}
 		p.Notes = append(p.Notes, "the running VM was stopped (quit)")
 	}
-	steps := append(p.Steps, Step{Kind: StepLoadMemory, File: s.Memory.File, Format: s.Memory.Format, Paused: o.Paused,
+	// The memory loads before any file is removed: a state QEMU cannot
+	// load is rolled back with nothing lost.
+	var steps, removes []Step
+	for _, st := range p.Steps {
+		if st.Kind == StepRemove {
+			removes = append(removes, st)
+		} else {
+			steps = append(steps, st)
+		}
+	}
+	steps = append(steps, Step{Kind: StepLoadMemory, File: s.Memory.File, Format: s.Memory.Format, Paused: o.Paused,
 		Why: "the guest runs on from checkpoint " + s.Name})
-	p.Steps = steps
-	j := &Journal{Op: "revert", Snapshot: s.Name, Started: m.now(), Steps: steps, Final: p.Final}
+	p.Steps = append(steps, removes...)
+	j := &Journal{Op: "revert", Snapshot: s.Name, Started: m.now(), Steps: p.Steps, Final: p.Final}
 	ex := &vmExecutor{ex: &Offline{Ctx: m.ctx(), StorageDaemon: m.StorageDaemon}, m: m, final: p.Final}
-	return p, l.run(j, ex, m.BeforeStep)
+	err = l.run(j, ex, m.BeforeStep)
+	var se *StepError
+	if errors.As(err, &se) && se.Step.Kind == StepLoadMemory {
+		if rerr := m.rollbackLoad(l, j); rerr == nil {
+			return nil, fmt.Errorf("VM %s: checkpoint %s: %v; nothing changed (the VM is stopped)", vm.Name, s.Name, se.Err)
+		}
+	}
+	return p, err
+}
+
+// rollbackLoad undoes a revert whose memory state did not load: qemu (if
+// it still runs) quits, the new overlays are removed, the journal dropped.
+// No file was removed yet (the load comes first).
+func (m *Manager) rollbackLoad(l *Locked, j *Journal) error {
+	if m.Answers(j.Final) {
+		if err := m.stopQemu(j.Final, StopOptions{Force: true}); err != nil {
+			return err
+		}
+	}
+	for _, s := range j.Steps {
+		if s.Kind == StepRemove && s.Done {
+			return fmt.Errorf("%s was removed", s.File)
+		}
+	}
+	for _, s := range j.Steps {
+		if s.Kind == StepCreateOverlay {
+			if err := os.Remove(s.File); err != nil && !os.IsNotExist(err) {
+				return err
+			}
+		}
+	}
+	return l.dropJournal()
 }

@@ -288,3 +288,47 @@ func TestCheckpointAttached(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestCheckpointLoadFails reverts to a checkpoint whose memory state is
+// damaged inside (same size, same magic): qemu exits during the load, the
+// revert is a one-line error and is rolled back: the VM's disks and
+// snapshots are as before, and it boots from its current state.
+func TestCheckpointLoadFails(t *testing.T) {
+	r := newCkRig(t, true)
+	if _, err := r.m.StartVM(r.name, StartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	r.waitAck(0, 5)
+	s, err := r.m.CreateCheckpoint(r.name, "c", CheckpointOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.stop()
+	before := r.vm()
+	f, err := os.OpenFile(s.Memory.File, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte(strings.Repeat("\xff", 4096)), 8); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	_, err = r.m.RevertWith(r.name, "c", RevertOptions{Force: true})
+	if err == nil || strings.Contains(err.Error(), "\n") || !strings.Contains(err.Error(), "nothing changed") {
+		t.Fatalf("revert to a damaged memory state: %v", err)
+	}
+	t.Logf("as expected: %v", err)
+	after := r.vm()
+	if after.Disks[0].Active != before.Disks[0].Active || after.Current != before.Current || r.m.Answers(after) {
+		t.Fatalf("a failed revert changed the VM: %+v -> %+v", before, after)
+	}
+	if _, err := os.Stat(filepath.Join(r.m.Store.vmDir(r.name), "journal.json")); !os.IsNotExist(err) {
+		t.Fatalf("a rolled-back revert left its journal: %v", err)
+	}
+	off := r.consoleSize()
+	if _, err := r.m.StartVM(r.name, StartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	r.waitAck(off, 1)
+	r.stop()
+}
