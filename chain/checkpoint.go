@@ -106,6 +106,11 @@ func (m *Manager) CreateCheckpoint(vmName, name string, o CheckpointOptions) (*S
 	j := &Journal{Op: "checkpoint", Snapshot: name, Started: m.now(), Live: true}
 	save := Step{Kind: StepSaveMemory, File: memFile, Format: format, Live: o.Live,
 		Why: "the RAM and device state of checkpoint " + name}
+	if vm.NVRAM != "" {
+		save.NVRAM = vm.NVRAM
+		save.NVRAMCopy = strings.TrimSuffix(memFile, ".mem") + ".nvram"
+		snap.Memory.NVRAM = save.NVRAMCopy
+	}
 	for i, d := range vm.Disks {
 		ov := overlayName(filepath.Dir(d.Active), vm.Name, d.Target, name)
 		j.Steps = append(j.Steps, Step{Kind: StepCreateOverlay, Target: d.Target, File: ov, Backing: relName(ov, d.Active), BackingFmt: formatOf(d.Active),
@@ -187,6 +192,9 @@ func (m *Manager) rollbackCheckpoint(l *Locked, j *Journal, live *Live, wasRunni
 	}
 	if save.File != "" {
 		os.Remove(save.File)
+	}
+	if save.NVRAMCopy != "" {
+		os.Remove(save.NVRAMCopy)
 	}
 	if wasRunning {
 		if st, err := live.Conn.QueryStatus(ctx); err == nil && !st.Running {
@@ -290,6 +298,13 @@ func (l *Live) saveMemorySteps(ctx context.Context, s Step) error {
 		c.MigrateCancel(ctx)
 		return fmt.Errorf("switching the disks: %w", err)
 	}
+	if s.NVRAM != "" {
+		// The vCPUs, the only writers of the variable store, are stopped.
+		if err := copyFile(s.NVRAM, s.NVRAMCopy); err != nil {
+			c.MigrateCancel(ctx)
+			return fmt.Errorf("copying the NVRAM: %w", err)
+		}
+	}
 	if err := c.MigrateContinue(ctx, qmp.MigrationPreSwitchover); err != nil {
 		return fmt.Errorf("%w: migrate-continue: %v", errMemoryLost, err)
 	}
@@ -381,6 +396,11 @@ func (m *Manager) loadMemory(vm *VM, s Step) error {
 	conn, err := DialVM(ctx, vm)
 	fresh := err != nil
 	if fresh {
+		if s.NVRAMCopy != "" {
+			if err := copyFile(s.NVRAMCopy, s.NVRAM); err != nil {
+				return fmt.Errorf("restoring the NVRAM: %w", err)
+			}
+		}
 		if conn, err = m.launch(vm, LaunchOptions{Incoming: true}, 0); err != nil {
 			return err
 		}
@@ -458,6 +478,11 @@ func (m *Manager) revertCheckpoint(l *Locked, s *Snapshot, o RevertOptions) (*Pl
 	if err := checkMemoryFile(vm, s); err != nil {
 		return nil, err
 	}
+	if n := s.Memory.NVRAM; n != "" && vm.NVRAM != "" {
+		if _, err := os.Stat(n); err != nil {
+			return nil, fmt.Errorf("VM %s: checkpoint %s: NVRAM copy: %w", vm.Name, s.Name, err)
+		}
+	}
 	p, err := m.planRevert(vm, s, o.Force)
 	if err != nil {
 		return nil, err
@@ -486,8 +511,12 @@ func (m *Manager) revertCheckpoint(l *Locked, s *Snapshot, o RevertOptions) (*Pl
 			steps = append(steps, st)
 		}
 	}
-	steps = append(steps, Step{Kind: StepLoadMemory, File: s.Memory.File, Format: s.Memory.Format, Paused: o.Paused,
-		Why: "the guest runs on from checkpoint " + s.Name})
+	load := Step{Kind: StepLoadMemory, File: s.Memory.File, Format: s.Memory.Format, Paused: o.Paused,
+		Why: "the guest runs on from checkpoint " + s.Name}
+	if s.Memory.NVRAM != "" && vm.NVRAM != "" {
+		load.NVRAM, load.NVRAMCopy = vm.NVRAM, s.Memory.NVRAM
+	}
+	steps = append(steps, load)
 	p.Steps = append(steps, removes...)
 	j := &Journal{Op: "revert", Snapshot: s.Name, Started: m.now(), Steps: p.Steps, Final: p.Final}
 	ex := &vmExecutor{ex: &Offline{Ctx: m.ctx(), StorageDaemon: m.StorageDaemon}, m: m, final: p.Final}
@@ -523,4 +552,23 @@ func (m *Manager) rollbackLoad(l *Locked, j *Journal) error {
 		}
 	}
 	return l.dropJournal()
+}
+
+// copyFile replaces dst with a copy of src (temp file, fsync, rename),
+// keeping dst's permissions (src's for a new file).
+func copyFile(src, dst string) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	fi, err := os.Stat(dst)
+	if err != nil {
+		if fi, err = os.Stat(src); err != nil {
+			return err
+		}
+	}
+	if err := writeAtomic(dst, b); err != nil {
+		return err
+	}
+	return os.Chmod(dst, fi.Mode().Perm())
 }

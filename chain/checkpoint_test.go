@@ -332,3 +332,53 @@ func TestCheckpointLoadFails(t *testing.T) {
 	r.waitAck(off, 1)
 	r.stop()
 }
+
+// TestCheckpointNVRAM: a checkpoint copies the VM's firmware variable
+// store, a revert puts the copy back before qemu starts, and deleting the
+// checkpoint removes the copy.
+func TestCheckpointNVRAM(t *testing.T) {
+	r := newCkRig(t, true)
+	vars := filepath.Join(t.TempDir(), "vars.fd")
+	if err := os.WriteFile(vars, []byte("at the checkpoint"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	l, err := r.m.Store.Lock(r.name, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.VM.NVRAM = vars
+	if err := l.Save(); err != nil {
+		t.Fatal(err)
+	}
+	l.Unlock()
+	if _, err := r.m.StartVM(r.name, StartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	r.waitAck(0, 5)
+	s, err := r.m.CreateCheckpoint(r.name, "c", CheckpointOptions{Live: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(s.Memory.NVRAM); err != nil || string(b) != "at the checkpoint" {
+		t.Fatalf("NVRAM copy %q: %q, %v", s.Memory.NVRAM, b, err)
+	}
+	if err := os.WriteFile(vars, []byte("later"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	r.revertAndCheck("c")
+	if b, err := os.ReadFile(vars); err != nil || string(b) != "at the checkpoint" {
+		t.Fatalf("NVRAM after the revert: %q, %v", b, err)
+	}
+	if fi, err := os.Stat(vars); err != nil || fi.Mode().Perm() != 0o640 {
+		t.Fatalf("NVRAM mode after the revert: %v, %v", fi.Mode(), err)
+	}
+	r.stop()
+	if _, err := r.m.Delete(r.name, "c", DeleteOptions{}, false); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{s.Memory.File, s.Memory.NVRAM} {
+		if _, err := os.Stat(f); !os.IsNotExist(err) {
+			t.Fatalf("%s stays after the checkpoint's deletion: %v", f, err)
+		}
+	}
+}

@@ -437,5 +437,11 @@ func planMemoryFiles(vm, final *VM, p *Plan, keepAll string) {
 		}
 		p.Steps = append(p.Steps, Step{Kind: StepRemove, File: s.Memory.File, Why: "the memory state of checkpoint " + s.Name + ", which no snapshot needs any more"})
 		p.Removed = append(p.Removed, s.Memory.File)
+		if n := s.Memory.NVRAM; n != "" {
+			if _, err := os.Stat(n); err == nil {
+				p.Steps = append(p.Steps, Step{Kind: StepRemove, File: n, Why: "the NVRAM copy of checkpoint " + s.Name})
+				p.Removed = append(p.Removed, n)
+			}
+		}
 	}
 }

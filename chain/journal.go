@@ -62,6 +62,11 @@ type Step struct {
 	Format string `json:"format,omitempty"`
 	Live   bool   `json:"live,omitempty"`
 	Paused bool   `json:"paused,omitempty"`
+	// NVRAM and NVRAMCopy are the VM's firmware variable store and the
+	// checkpoint's copy of it: a memory step copies the one to the
+	// other (StepSaveMemory) or back (StepLoadMemory).
+	NVRAM     string `json:"nvram,omitempty"`
+	NVRAMCopy string `json:"nvram_copy,omitempty"`
 	// Bytes is what the step copies, as measured when planned.
 	Bytes uint64 `json:"bytes,omitempty"`
 	Why   string `json:"why,omitempty"`

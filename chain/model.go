@@ -67,6 +67,9 @@ type MemoryState struct {
 	Size int64 `json:"size"`
 	// Running says whether the guest ran when the checkpoint was taken.
 	Running bool `json:"running"`
+	// NVRAM is the copy of the VM's firmware variable store (VM.NVRAM)
+	// taken at the checkpoint's instant, when the VM has one.
+	NVRAM string `json:"nvram,omitempty"`
 }
 
 // Memory state formats.

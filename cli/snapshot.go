@@ -127,6 +127,9 @@ func snapshotCommand() *cli.Command {
 					fmt.Fprintf(w, "Kind:        %s\n", info.Kind())
 					if info.Memory {
 						fmt.Fprintf(w, "Memory:      %s (%s)\n", info.MemoryFile, info.MemoryFormat)
+						if info.NVRAM != "" {
+							fmt.Fprintf(w, "NVRAM:       %s\n", info.NVRAM)
+						}
 					}
 					for _, d := range info.Disks {
 						fmt.Fprintf(w, "Disk %s:    %s\n", d.Target, d.File)
@@ -252,6 +255,8 @@ type SnapshotInfo struct {
 	MemoryFile string `json:"memory_file,omitempty"`
 	// MemoryFormat is how QEMU wrote MemoryFile: "stream" or "mapped-ram".
 	MemoryFormat string `json:"memory_format,omitempty"`
+	// NVRAM is the checkpoint's copy of the VM's firmware variable store.
+	NVRAM string `json:"nvram,omitempty"`
 }
 
 // Kind is "memory" for a checkpoint with memory, "disk" otherwise.
@@ -269,7 +274,7 @@ func snapshotInfo(vm *chain.VM, s *chain.Snapshot) SnapshotInfo {
 	}
 	info := SnapshotInfo{Name: s.Name, Parent: s.Parent, Children: ch, Current: vm.Current == s.Name, Created: s.Created, Description: s.Description, Disks: s.Disks}
 	if s.Memory != nil {
-		info.Memory, info.MemoryFile, info.MemoryFormat = true, s.Memory.File, s.Memory.Format
+		info.Memory, info.MemoryFile, info.MemoryFormat, info.NVRAM = true, s.Memory.File, s.Memory.Format, s.Memory.NVRAM
 	}
 	return info
 }
