@@ -382,8 +382,17 @@ type vmExecutor struct {
 
 // Run implements Executor.
 func (x *vmExecutor) Run(s Step) error {
-	if s.Kind == StepLoadMemory {
-		return x.m.loadMemory(x.final, s)
+	// QEMU's QMP socket takes one client at a time: a connection the
+	// executor holds is the one to use.
+	var conn *qmp.Conn
+	if o, ok := x.ex.(*Offline); ok && o.Live != nil {
+		conn = o.Live.Conn
+	}
+	switch s.Kind {
+	case StepLoadMemory:
+		return x.m.loadMemory(x.final, s, conn)
+	case StepInternalLoad:
+		return x.m.internalLoad(x.final, s, conn)
 	}
 	return x.ex.Run(s)
 }
@@ -391,10 +400,15 @@ func (x *vmExecutor) Run(s Step) error {
 // loadMemory runs StepLoadMemory for vm (its disks as the operation
 // leaves them); run again it finishes a load in progress or does only
 // what is left.
-func (m *Manager) loadMemory(vm *VM, s Step) error {
+func (m *Manager) loadMemory(vm *VM, s Step, conn *qmp.Conn) error {
 	ctx := m.ctx()
-	conn, err := DialVM(ctx, vm)
-	fresh := err != nil
+	var err error
+	if conn == nil {
+		if conn, err = DialVM(ctx, vm); err == nil {
+			defer conn.Close()
+		}
+	}
+	fresh := conn == nil
 	if fresh {
 		if s.NVRAMCopy != "" {
 			if err := copyFile(s.NVRAMCopy, s.NVRAM); err != nil {
@@ -404,8 +418,8 @@ func (m *Manager) loadMemory(vm *VM, s Step) error {
 		if conn, err = m.launch(vm, LaunchOptions{Incoming: true}, 0); err != nil {
 			return err
 		}
+		defer conn.Close()
 	}
-	defer conn.Close()
 	fail := func(err error) error {
 		conn.Quit(context.Background())
 		return fmt.Errorf("loading %s: %w: %s", s.File, err, m.logTail(vm.Name))

@@ -13,6 +13,7 @@ import (
 
 	"github.com/qchain/qchain/fixtures/guest"
 	"github.com/qchain/qchain/qcow2"
+	"github.com/qchain/qchain/qmp"
 )
 
 // ckWait bounds each wait for the guest: the host's cores are shared.
@@ -142,9 +143,48 @@ func (r *ckRig) revertAndCheck(snap string) {
 
 func (r *ckRig) checkResumed(off int64, last uint64) {
 	r.t.Helper()
-	c := r.waitAck(off, last+5)
-	if c.Readies != 0 || (c.FirstAck() != last && c.FirstAck() != last+1) {
-		r.t.Fatalf("after the revert to a checkpoint whose disk ends at %d: %d boots, first ack %d", last, c.Readies, c.FirstAck())
+	acks := r.restoredAcks(off, last, 5)
+	if acks[0] != last && acks[0] != last+1 {
+		r.t.Fatalf("after the revert to a checkpoint whose disk ends at %d the guest acknowledged %d first", last, acks[0])
+	}
+}
+
+// restoredAcks waits until the guest restored after offset has
+// acknowledged n records and returns its acknowledgements. Those the old
+// qemu printed before the revert quit it come first in the log: the
+// restored guest's start where the numbers fall back (or at once when
+// the first is at most upTo+1).
+func (r *ckRig) restoredAcks(off int64, upTo, n uint64) []uint64 {
+	r.t.Helper()
+	for deadline := time.Now().Add(ckWait); ; {
+		c, err := guest.ReadConsoleLog(r.console, r.run, off)
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		if c.Readies != 0 {
+			r.t.Fatalf("the guest booted after the revert (READY %d): its memory was not restored", c.Next)
+		}
+		acks := c.Acks
+		for i := 1; i < len(acks); i++ {
+			if acks[i] <= acks[i-1] {
+				acks = acks[i:]
+				break
+			}
+		}
+		if len(acks) > 0 && acks[0] <= upTo+1 {
+			for i := 1; i < len(acks); i++ {
+				if acks[i] != acks[i-1]+1 {
+					r.t.Fatalf("acknowledgements after the revert jump from %d to %d", acks[i-1], acks[i])
+				}
+			}
+			if uint64(len(acks)) >= n {
+				return acks
+			}
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatalf("no %d records acknowledged after the revert within %s: %v", n, ckWait, c.Acks)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
@@ -381,4 +421,81 @@ func TestCheckpointNVRAM(t *testing.T) {
 			t.Fatalf("%s stays after the checkpoint's deletion: %v", f, err)
 		}
 	}
+}
+
+// TestInternalCheckpoint takes an internal checkpoint of the running
+// guest, lets it write on, reverts (running: snapshot-load; stopped:
+// -loadvm): the guest does not boot, acknowledges from the checkpoint's
+// count on, and its disk lost the records written after the checkpoint.
+// Deleting the checkpoint removes the tag from the image.
+func TestInternalCheckpoint(t *testing.T) {
+	r := newCkRig(t, true)
+	if _, err := r.m.StartVM(r.name, StartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	r.waitAck(0, 10)
+	revert := func(running bool) {
+		t.Helper()
+		c0, _ := guest.ReadConsoleLog(r.console, r.run, 0)
+		s, err := r.m.CreateInternalCheckpoint(r.name, "i", CheckpointOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !s.Internal || s.Memory == nil || s.Memory.File != r.vm().Disks[0].Active {
+			t.Fatalf("internal checkpoint: %+v", s)
+		}
+		if err := Verify(r.vm()); err != nil {
+			t.Fatal(err)
+		}
+		c1 := r.waitAck(0, c0.LastAck()+1)
+		from, to := c0.LastAck(), c1.LastAck()
+		r.waitAck(0, to+40)
+		if _, err := r.m.RevertWith(r.name, "i", RevertOptions{}); err == nil || !strings.Contains(err.Error(), "--force") {
+			t.Fatalf("revert to an internal checkpoint without --force: %v", err)
+		}
+		if !running {
+			r.stop()
+		}
+		off := r.consoleSize()
+		if _, err := r.m.RevertWith(r.name, "i", RevertOptions{Force: true}); err != nil {
+			t.Fatal(err)
+		}
+		acks := r.restoredAcks(off, to, 10)
+		if acks[0] < from || acks[0] > to+1 {
+			t.Fatalf("after the revert the guest acknowledged %d first; at the checkpoint it had acknowledged %d..%d", acks[0], from, to)
+		}
+		r.stop()
+		c, _ := guest.ReadConsoleLog(r.console, r.run, off)
+		last, err := guest.CheckRecords(r.vm().Disks[0].Active, r.run, c.LastAck())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if last > c.LastAck()+1 {
+			t.Fatalf("the disk holds records up to %d, the restored guest acknowledged %d: the disk was not reverted", last, c.LastAck())
+		}
+		if _, err := r.m.StartVM(r.name, StartOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		r.waitAck(r.consoleSize(), 1)
+		if _, err := r.m.Delete(r.name, "i", DeleteOptions{}, false); err != nil {
+			t.Fatal(err)
+		}
+		c2 := r.conn()
+		tagged := hasTag(context.Background(), &Live{Conn: c2}, r.vm().Disks[0].Active, "i")
+		c2.Close() // QEMU's QMP socket takes one client at a time
+		if tagged {
+			t.Fatal("the deleted internal checkpoint's tag stays in the image")
+		}
+	}
+	revert(true)
+	revert(false)
+	r.stop()
+}
+
+func (r *ckRig) conn() *qmp.Conn {
+	c, err := DialVM(context.Background(), r.vm())
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return c
 }

@@ -88,9 +88,34 @@ func (m *Manager) planDelete(vm *VM, name string, opts DeleteOptions, live *Live
 	}
 	p := &Plan{VM: vm.Name, Op: "delete", Snapshot: name, Before: map[string]string{}, After: map[string]string{}}
 	final := clone(vm)
+	if opts.Children {
+		for _, n := range vm.Subtree(name) {
+			if vm.Snapshot(n).Internal {
+				return nil, fmt.Errorf("VM %s: the subtree of %s holds internal checkpoint %s: delete it first", vm.Name, name, n)
+			}
+		}
+	}
 	switch {
 	case opts.MetadataOnly:
 		p.Notes = append(p.Notes, "metadata only: the snapshot is forgotten, every file stays as it is")
+		if s.Internal {
+			p.Notes = append(p.Notes, "internal checkpoint "+name+" stays inside its images (qchain image-snapshot -d removes it)")
+		}
+	case s.Internal:
+		// Inside the images: no overlay to merge, only the tag to delete.
+		st := Step{Kind: StepInternalDelete, Tag: name, Why: "internal checkpoint " + name + " is inside these images"}
+		for _, d := range s.Disks {
+			st.Targets = append(st.Targets, d.Target)
+			st.Files = append(st.Files, d.File)
+		}
+		if live != nil {
+			for _, f := range st.Files {
+				if d, idx, err := live.diskFor(m.ctx(), f); err == nil && d != nil && idx > 0 {
+					return nil, fmt.Errorf("VM %s: internal checkpoint %s lives in %s, which the running VM reads as a backing file: stop the VM to delete it", vm.Name, name, f)
+				}
+			}
+		}
+		p.Steps = append(p.Steps, st)
 	case opts.Children:
 		if err := m.planSubtree(vm, p, name); err != nil {
 			return nil, err
@@ -425,7 +450,7 @@ func planMemoryFiles(vm, final *VM, p *Plan, keepAll string) {
 		}
 	}
 	for _, s := range vm.Snapshots {
-		if s.Memory == nil || final.Snapshot(s.Name) != nil || needed[s.Memory.File] {
+		if s.Memory == nil || s.Internal || final.Snapshot(s.Name) != nil || needed[s.Memory.File] {
 			continue
 		}
 		if keepAll != "" {

@@ -61,8 +61,10 @@ func (o *Offline) Run(s Step) error {
 			return err
 		}
 		return o.job(s)
-	case StepLiveSnapshot, StepSaveMemory, StepResume:
+	case StepLiveSnapshot, StepSaveMemory, StepResume, StepInternalSave:
 		return fmt.Errorf("the VM is not running: its QMP socket does not answer")
+	case StepInternalDelete:
+		return o.internalDeleteOffline(s)
 	}
 	return fmt.Errorf("unknown step kind %q", s.Kind)
 }

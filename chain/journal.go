@@ -44,6 +44,17 @@ const (
 	// waiting for an incoming migration, loads the state in File (in
 	// Format) into it, and runs it unless Paused.
 	StepLoadMemory = "load-memory"
+	// StepInternalSave takes internal snapshot Tag of Targets' active
+	// images Files in the running VM, its state saved into File
+	// (snapshot-save).
+	StepInternalSave = "internal-save"
+	// StepInternalLoad reverts Targets' images Files to internal snapshot
+	// Tag and loads the VM's state from File: snapshot-load in the
+	// running VM, else qemu started with -loadvm; the VM runs unless
+	// Paused.
+	StepInternalLoad = "internal-load"
+	// StepInternalDelete deletes internal snapshot Tag from Files.
+	StepInternalDelete = "internal-delete"
 )
 
 // Step is one action of a plan.
@@ -67,6 +78,8 @@ type Step struct {
 	// other (StepSaveMemory) or back (StepLoadMemory).
 	NVRAM     string `json:"nvram,omitempty"`
 	NVRAMCopy string `json:"nvram_copy,omitempty"`
+	// Tag is an internal snapshot's name in the images.
+	Tag string `json:"tag,omitempty"`
 	// Bytes is what the step copies, as measured when planned.
 	Bytes uint64 `json:"bytes,omitempty"`
 	Why   string `json:"why,omitempty"`
@@ -109,6 +122,12 @@ func (s Step) String() string {
 		return fmt.Sprintf("save the VM's memory into %s (%s, %s) and switch disks %v to new overlays at that instant", s.File, s.Format, how, s.Targets)
 	case StepResume:
 		return "resume the VM's vCPUs"
+	case StepInternalSave:
+		return fmt.Sprintf("save internal checkpoint %s in %v (memory in %s)", s.Tag, s.Files, s.File)
+	case StepInternalLoad:
+		return fmt.Sprintf("revert %v to internal checkpoint %s and load its memory", s.Files, s.Tag)
+	case StepInternalDelete:
+		return fmt.Sprintf("delete internal checkpoint %s from %v", s.Tag, s.Files)
 	case StepLoadMemory:
 		then := "and run it"
 		if s.Paused {

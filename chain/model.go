@@ -53,6 +53,10 @@ type Snapshot struct {
 	// Memory is the VM's RAM and device state at the snapshot's instant,
 	// for a checkpoint with memory; nil for a disk-only snapshot.
 	Memory *MemoryState `json:"memory,omitempty"`
+	// Internal says the snapshot lives inside the disks' images (a qcow2
+	// internal snapshot tagged with its name in each of Disks' files, the
+	// memory state in the first one): no overlay was created for it.
+	Internal bool `json:"internal,omitempty"`
 }
 
 // MemoryState is where a checkpoint keeps its RAM and device state: a
@@ -80,6 +84,9 @@ const (
 	// MemoryMappedRAM is the stream with the mapped-ram capability: RAM
 	// pages at fixed offsets of a file: URI's file (QEMU 9.0+).
 	MemoryMappedRAM = "mapped-ram"
+	// MemoryInternal is the state saved inside a qcow2 image with the
+	// internal snapshot (snapshot-save): MemoryState.File is that image.
+	MemoryInternal = "internal"
 )
 
 // SnapshotDisk says which file holds a snapshot's content of one disk

@@ -25,6 +25,14 @@ func (m *Manager) Recover(vmName string) (*Journal, error) {
 			switch j.Steps[i].Kind {
 			case StepLiveSnapshot:
 				j.Steps[i].Done = true
+			case StepInternalSave:
+				if j.Steps[i].Done {
+					continue
+				}
+				// QEMU died during snapshot-save: no checkpoint (a
+				// partial tag may stay in the image).
+				j.Steps[i].Done = true
+				j.Final = clone(l.VM)
 			case StepSaveMemory, StepResume:
 				if j.Steps[i].Done {
 					continue

@@ -52,6 +52,9 @@ func (m *Manager) RevertWith(vmName, name string, o RevertOptions) (*Plan, error
 	if s == nil {
 		return nil, fmt.Errorf("VM %s has no snapshot %s", vm.Name, name)
 	}
+	if s.Internal {
+		return m.revertInternal(l, s, o)
+	}
 	if s.Memory != nil {
 		return m.revertCheckpoint(l, s, o)
 	}

@@ -20,6 +20,7 @@ var ownedOptions = map[string]string{
 	"-daemonize":  "qchain starts qemu in the background itself",
 	"-incoming":   "qchain adds it to load a checkpoint's memory",
 	"-pidfile":    "qchain keeps the VM's pid file in its state folder",
+	"-loadvm":     "qchain adds it to revert an internal checkpoint",
 }
 
 // optionName returns the qemu option an argument names ("--drive" and
@@ -134,6 +135,8 @@ type LaunchOptions struct {
 	// Incoming starts it waiting for migrate-incoming (-incoming defer,
 	// and -S: qchain decides when it runs).
 	Incoming bool
+	// LoadVM starts it from the internal snapshot with that tag (-loadvm).
+	LoadVM string
 }
 
 // QemuArgs returns the arguments (without the binary) qchain runs vm's
@@ -161,6 +164,9 @@ func (vm *VM) QemuArgs(o LaunchOptions) ([]string, error) {
 	}
 	if o.Incoming {
 		args = append(args, "-incoming", "defer")
+	}
+	if o.LoadVM != "" {
+		args = append(args, "-loadvm", o.LoadVM)
 	}
 	return args, nil
 }

@@ -64,6 +64,7 @@ func snapshotCommand() *cli.Command {
 					&cli.BoolFlag{Name: "quiesce", Usage: "freeze the guest's file systems through its agent while switching"},
 					&cli.BoolFlag{Name: "memory", Usage: "a checkpoint of the running VM: its RAM and device state (in a file beside the disks) with every disk, from one instant"},
 					&cli.BoolFlag{Name: "live", Usage: "with --memory: copy the RAM while the guest runs; only the last part stops it"},
+					&cli.BoolFlag{Name: "internal", Usage: "a checkpoint with memory inside the qcow2 images (QMP snapshot-save, QEMU 6.0+), no overlay"},
 				},
 				Action: func(c *cli.Context) error {
 					a, err := args(c, "VM", "NAME")
@@ -72,6 +73,17 @@ func snapshotCommand() *cli.Command {
 					}
 					if c.Bool("live") && !c.Bool("memory") {
 						return fmt.Errorf("--live needs --memory")
+					}
+					if c.Bool("internal") {
+						if c.Bool("quiesce") {
+							return fmt.Errorf("--quiesce and --internal exclude each other: a checkpoint with memory needs no frozen file systems")
+						}
+						s, err := manager(c).CreateInternalCheckpoint(a[0], a[1], chain.CheckpointOptions{Description: c.String("description"), Live: c.Bool("live")})
+						if err != nil {
+							return err
+						}
+						fmt.Fprintf(c.App.Writer, "Internal checkpoint %s created (memory in %s)\n", s.Name, s.Memory.File)
+						return nil
 					}
 					if c.Bool("memory") {
 						if c.Bool("quiesce") {
@@ -249,7 +261,7 @@ type SnapshotInfo struct {
 	Disks       []chain.SnapshotDisk `json:"disks"`
 	// Memory says whether the snapshot is a checkpoint with the VM's RAM
 	// and device state (in MemoryFile); Internal whether it lives inside
-	// the images (always false so far: qchain's snapshots are external).
+	// the images (its memory then inside MemoryFile, the first disk's).
 	Memory     bool   `json:"memory"`
 	Internal   bool   `json:"internal"`
 	MemoryFile string `json:"memory_file,omitempty"`
@@ -261,6 +273,9 @@ type SnapshotInfo struct {
 
 // Kind is "memory" for a checkpoint with memory, "disk" otherwise.
 func (s SnapshotInfo) Kind() string {
+	if s.Internal {
+		return "internal"
+	}
 	if s.Memory {
 		return "memory"
 	}
@@ -273,6 +288,7 @@ func snapshotInfo(vm *chain.VM, s *chain.Snapshot) SnapshotInfo {
 		ch = []string{}
 	}
 	info := SnapshotInfo{Name: s.Name, Parent: s.Parent, Children: ch, Current: vm.Current == s.Name, Created: s.Created, Description: s.Description, Disks: s.Disks}
+	info.Internal = s.Internal
 	if s.Memory != nil {
 		info.Memory, info.MemoryFile, info.MemoryFormat, info.NVRAM = true, s.Memory.File, s.Memory.Format, s.Memory.NVRAM
 	}

@@ -167,6 +167,8 @@ func jobTypeOf(cmd string) string {
 		return "mirror"
 	case "blockdev-create":
 		return "create"
+	case "snapshot-save", "snapshot-load", "snapshot-delete":
+		return cmd
 	}
 	return ""
 }
