@@ -151,14 +151,8 @@ func (m *Manager) CreateCheckpoint(vmName, name string, o CheckpointOptions) (*S
 	default:
 		return nil, err
 	}
-	// Record the file's size: a shorter file later is a truncated one.
-	if fi, err := os.Stat(memFile); err == nil {
-		if s := l.VM.Snapshot(name); s != nil && s.Memory != nil {
-			s.Memory.Size = fi.Size()
-			if err := l.Save(); err != nil {
-				return nil, err
-			}
-		}
+	if err := recordMemorySize(l, name); err != nil {
+		return nil, err
 	}
 	return l.VM.Snapshot(name), nil
 }

@@ -1,6 +1,10 @@
 package chain
 
-import "os"
+import (
+	"errors"
+	"fmt"
+	"os"
+)
 
 // Recover finishes an interrupted operation of the VM from its journal
 // (every step can be run again), then saves the metadata it was to save.
@@ -50,5 +54,39 @@ func (m *Manager) Recover(vmName string) (*Journal, error) {
 			}
 		}
 	}
-	return j, l.run(j, &vmExecutor{ex: ex, m: m, final: j.Final}, m.BeforeStep)
+	vx := &vmExecutor{ex: ex, m: m, final: j.Final}
+	err = l.run(j, vx, m.BeforeStep)
+	var se *StepError
+	if errors.As(err, &se) && errors.Is(err, errMemoryLost) {
+		// As CreateCheckpoint does: the disks switched at the instant,
+		// so the checkpoint is kept as a disk-only snapshot.
+		if s := j.Final.Snapshot(j.Snapshot); s != nil {
+			s.Memory = nil
+		}
+		j.Steps[se.Index].Done = true
+		os.Remove(se.Step.File)
+		if err = l.run(j, vx, m.BeforeStep); err != nil {
+			return j, err
+		}
+		return j, fmt.Errorf("VM %s: checkpoint %s: %v; %s was kept as a disk-only snapshot", l.VM.Name, j.Snapshot, se.Err, j.Snapshot)
+	}
+	if err != nil {
+		return j, err
+	}
+	return j, recordMemorySize(l, j.Snapshot)
+}
+
+// recordMemorySize records the size of a checkpoint's memory state file
+// once saved (a shorter file later is a truncated one).
+func recordMemorySize(l *Locked, name string) error {
+	s := l.VM.Snapshot(name)
+	if s == nil || s.Memory == nil || s.Internal || s.Memory.Size != 0 {
+		return nil
+	}
+	fi, err := os.Stat(s.Memory.File)
+	if err != nil {
+		return nil
+	}
+	s.Memory.Size = fi.Size()
+	return l.Save()
 }

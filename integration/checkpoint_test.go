@@ -3,7 +3,9 @@ package integration
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -42,6 +44,13 @@ func (g *guestVM) ckInfo(snap string) ckInfo {
 func (g *guestVM) checkpoint(snap string, extra ...string) (last uint64, info ckInfo) {
 	g.t.Helper()
 	g.ok(append(append([]string{"snapshot", "create", "--memory"}, extra...), g.name, snap)...)
+	return g.checkpointState(snap)
+}
+
+// checkpointState checks checkpoint snap's info and memory file and
+// returns the last record its disk holds.
+func (g *guestVM) checkpointState(snap string) (last uint64, info ckInfo) {
+	g.t.Helper()
 	info = g.ckInfo(snap)
 	if !info.Memory || info.Internal || info.MemoryFile == "" || len(info.Disks) != 1 {
 		g.t.Fatalf("checkpoint %s: info %+v", snap, info)
@@ -209,4 +218,94 @@ func (g *guestVM) failsRunning(want []string, args ...string) {
 			g.t.Errorf("%s: error %q does not mention %q", res.Cmd, strings.TrimSpace(msg), w)
 		}
 	}
+}
+
+// TestCheckpointKill9 kills qchain (SIGKILL) at several moments of a
+// checkpoint's save, the migration going on in qemu without it, then
+// runs recover: the VM runs, and the checkpoint exists with its memory
+// (reverted to, the guest runs on from it) or, killed before its journal
+// was written, does not exist at all.
+func TestCheckpointKill9(t *testing.T) {
+	g := defineGuestVM(t, "k9", "kill9", 10*time.Millisecond)
+	g.ok("vm", "start", "k9")
+	g.waitAck(0, 10)
+	journal := filepath.Join(g.scEnv.state, "vms", "k9", "journal.json")
+	for i, c := range []struct {
+		delay time.Duration
+		live  bool
+	}{{0, false}, {100 * time.Millisecond, false}, {400 * time.Millisecond, false}, {0, true}, {300 * time.Millisecond, true}} {
+		name := fmt.Sprintf("c%d", i)
+		args := []string{"snapshot", "create", "--memory"}
+		if c.live {
+			args = append(args, "--live")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), guestWait)
+		cmd := exec.CommandContext(ctx, g.bin, append(args, "k9", name)...)
+		cmd.Dir = g.img
+		cmd.Env = append(os.Environ(), "QCHAIN_STATE_DIR="+g.scEnv.state)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		seen := false
+		for !seen {
+			if _, err := os.Stat(journal); err == nil {
+				seen = true
+				break
+			}
+			select {
+			case <-exited:
+				seen = true
+			case <-time.After(time.Millisecond):
+			}
+		}
+		time.Sleep(c.delay)
+		cmd.Process.Kill() // the qchain this test started
+		<-exited
+		cancel()
+		var j struct {
+			Steps []struct {
+				Kind string `json:"kind"`
+				Done bool   `json:"done"`
+			} `json:"steps"`
+		}
+		next := "none (no journal)"
+		if b, err := os.ReadFile(journal); err == nil && json.Unmarshal(b, &j) == nil {
+			next = "all done"
+			for _, s := range j.Steps {
+				if !s.Done {
+					next = s.Kind
+					break
+				}
+			}
+		}
+		t.Logf("%s (delay %s, live %t): killed with the journal's next step %s", name, c.delay, c.live, next)
+		g.ok("recover", "k9")
+		if s := g.vmState(); s.State != "running" {
+			t.Fatalf("%s: after recover the VM is %s", name, s.State)
+		}
+		var list []ckInfo
+		if err := json.Unmarshal([]byte(g.ok("snapshot", "list", "--output=json", "k9")), &list); err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, s := range list {
+			if s.Name == name {
+				found = true
+				if !s.Memory {
+					t.Fatalf("%s: recovered as a disk-only snapshot", name)
+				}
+			}
+		}
+		g.waitAck(g.consoleSize(), 1) // it runs on
+		if !found {
+			continue
+		}
+		last, _ := g.checkpointState(name)
+		off := g.consoleSize()
+		g.ok("snapshot", "revert", "--force", "k9", name)
+		g.checkResumed(off, last, 10)
+	}
+	g.ok("vm", "stop", "--force", "k9")
 }
