@@ -76,6 +76,15 @@
 // disk-only revert's new branch followed by StepLoadMemory: qemu started
 // from the VM's command line with -incoming defer, the state loaded, the
 // guest resumed. Deleting the checkpoint removes its memory state file.
+// A VM with an NVRAM (VM.NVRAM) has it copied at the checkpoint's
+// instant and put back before a revert starts qemu.
+//
+// An internal checkpoint (CreateInternalCheckpoint) lives inside the
+// active qcow2 images instead (QEMU's snapshot-save job, no overlay); the
+// tree holds it like any other snapshot, and its file may be its
+// descendants' own file. It is reverted (snapshot-load, or qemu started
+// with -loadvm) only while its images are still active, and deleted with
+// snapshot-delete or offline.
 //
 // Merges that copy nothing (a commit of an overlay nothing was written
 // into, a pull of a layer the image above reads nothing from) run natively
