@@ -202,6 +202,28 @@ func TestCheckpointGuest(t *testing.T) {
 	if _, err := os.Stat(c1.MemoryFile); !os.IsNotExist(err) {
 		t.Fatalf("the memory state of the deleted checkpoint c1 is still there: %v", err)
 	}
+
+	// An internal checkpoint: inside the active image, no overlay.
+	g.ok("vm", "start", "ck")
+	active := g.active("ck", "vda")
+	if out := g.ok("snapshot", "create", "--internal", "ck", "i1"); !strings.Contains(out, "Internal checkpoint i1 created") {
+		t.Fatalf("snapshot create --internal said %q", out)
+	}
+	if info := g.ckInfo("i1"); !info.Internal || !info.Memory || info.Format != "internal" || info.Disks[0].File != active || g.active("ck", "vda") != active {
+		t.Fatalf("internal checkpoint: %+v (active %s)", info, g.active("ck", "vda"))
+	}
+	if out := g.ok("snapshot", "list", "ck"); !strings.Contains(out, "internal") {
+		t.Fatalf("snapshot list does not give the kind:\n%s", out)
+	}
+	g.failsRunning([]string{"--force"}, "snapshot", "revert", "ck", "i1")
+	off = g.consoleSize()
+	g.ok("snapshot", "revert", "--force", "ck", "i1")
+	g.waitAck(off, 1)
+	g.ok("snapshot", "delete", "ck", "i1")
+	g.ok("vm", "stop", "--force", "ck")
+	if out, err := exec.Command("qemu-img", "snapshot", "-l", active).CombinedOutput(); err != nil || strings.Contains(string(out), "i1") {
+		t.Fatalf("qemu-img snapshot -l after the delete: %v\n%s", err, out)
+	}
 }
 
 // failsRunning runs a command that must fail with a one-line error
