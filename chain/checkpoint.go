@@ -398,7 +398,7 @@ func (m *Manager) loadMemory(vm *VM, s Step, conn *qmp.Conn) error {
 	ctx := m.ctx()
 	var err error
 	if conn == nil {
-		if conn, err = DialVM(ctx, vm); err == nil {
+		if conn, err = m.dialStarted(vm); err == nil {
 			defer conn.Close()
 		}
 	}

@@ -244,7 +244,7 @@ func (m *Manager) revertInternal(l *Locked, s *Snapshot, o RevertOptions) (*Plan
 func (m *Manager) internalLoad(vm *VM, s Step, conn *qmp.Conn) error {
 	ctx := m.ctx()
 	if conn == nil {
-		c, err := DialVM(ctx, vm)
+		c, err := m.dialStarted(vm)
 		if err != nil {
 			c, err = m.launch(vm, LaunchOptions{LoadVM: s.Tag, Paused: s.Paused}, 0)
 			if err != nil {

@@ -275,3 +275,25 @@ func (m *Manager) Answers(vm *VM) bool {
 	conn.Close()
 	return true
 }
+
+// dialStarted connects to the VM's monitor, waiting (up to
+// DefaultStartTimeout) while a qemu qchain started still starts: a qchain
+// killed right after launching it leaves one whose socket may not answer
+// yet. It fails when no such qemu runs.
+func (m *Manager) dialStarted(vm *VM) (*qmp.Conn, error) {
+	deadline := time.Now().Add(DefaultStartTimeout)
+	for {
+		conn, err := DialVM(m.ctx(), vm)
+		if err == nil {
+			return conn, nil
+		}
+		if !m.Store.Process(vm).Running || time.Now().After(deadline) {
+			return nil, err
+		}
+		select {
+		case <-m.ctx().Done():
+			return nil, m.ctx().Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}

@@ -261,47 +261,7 @@ func TestCheckpointKill9(t *testing.T) {
 		if c.live {
 			args = append(args, "--live")
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), guestWait)
-		cmd := exec.CommandContext(ctx, g.bin, append(args, "k9", name)...)
-		cmd.Dir = g.img
-		cmd.Env = append(os.Environ(), "QCHAIN_STATE_DIR="+g.scEnv.state)
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		exited := make(chan error, 1)
-		go func() { exited <- cmd.Wait() }()
-		seen := false
-		for !seen {
-			if _, err := os.Stat(journal); err == nil {
-				seen = true
-				break
-			}
-			select {
-			case <-exited:
-				seen = true
-			case <-time.After(time.Millisecond):
-			}
-		}
-		time.Sleep(c.delay)
-		cmd.Process.Kill() // the qchain this test started
-		<-exited
-		cancel()
-		var j struct {
-			Steps []struct {
-				Kind string `json:"kind"`
-				Done bool   `json:"done"`
-			} `json:"steps"`
-		}
-		next := "none (no journal)"
-		if b, err := os.ReadFile(journal); err == nil && json.Unmarshal(b, &j) == nil {
-			next = "all done"
-			for _, s := range j.Steps {
-				if !s.Done {
-					next = s.Kind
-					break
-				}
-			}
-		}
+		next := g.killAfterJournal(journal, c.delay, append(args, "k9", name)...)
 		t.Logf("%s (delay %s, live %t): killed with the journal's next step %s", name, c.delay, c.live, next)
 		g.ok("recover", "k9")
 		if s := g.vmState(); s.State != "running" {
@@ -329,5 +289,73 @@ func TestCheckpointKill9(t *testing.T) {
 		g.ok("snapshot", "revert", "--force", "k9", name)
 		g.checkResumed(off, last, 10)
 	}
+
+	// Reverts killed at several moments, recovered: the guest runs on
+	// from the checkpoint.
+	last, _ := g.checkpoint("r")
+	for _, delay := range []time.Duration{0, 20 * time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond, 150 * time.Millisecond} {
+		g.waitAck(g.consoleSize(), 1)
+		off := g.consoleSize()
+		next := g.killAfterJournal(journal, delay, "snapshot", "revert", "--force", "k9", "r")
+		t.Logf("revert (delay %s): killed with the journal's next step %s", delay, next)
+		g.ok("recover", "k9")
+		if s := g.vmState(); s.State != "running" {
+			t.Fatalf("revert killed (delay %s), recovered: the VM is %s", delay, s.State)
+		}
+		g.checkResumed(off, last, 10)
+	}
 	g.ok("vm", "stop", "--force", "k9")
+}
+
+// killAfterJournal runs qchain with args, kills it (SIGKILL) delay after
+// its journal appears (or once it exits), and returns the journal's next
+// step then.
+func (g *guestVM) killAfterJournal(journal string, delay time.Duration, args ...string) string {
+	g.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), guestWait)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, g.bin, args...)
+	cmd.Dir = g.img
+	cmd.Env = append(os.Environ(), "QCHAIN_STATE_DIR="+g.scEnv.state)
+	if err := cmd.Start(); err != nil {
+		g.t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+wait:
+	for {
+		if _, err := os.Stat(journal); err == nil {
+			break
+		}
+		select {
+		case <-exited:
+			exited <- nil
+			break wait
+		case <-time.After(time.Millisecond):
+		}
+	}
+	time.Sleep(delay)
+	cmd.Process.Kill() // the qchain this test started
+	<-exited
+	return journalNext(journal)
+}
+
+// journalNext names the first unfinished step of the journal.
+func journalNext(journal string) string {
+	var j struct {
+		Steps []struct {
+			Kind string `json:"kind"`
+			Done bool   `json:"done"`
+		} `json:"steps"`
+	}
+	b, err := os.ReadFile(journal)
+	if err != nil || json.Unmarshal(b, &j) != nil {
+		return "none (no journal)"
+	}
+	for _, s := range j.Steps {
+		if !s.Done {
+			return s.Kind
+		}
+	}
+	return "all done"
 }
