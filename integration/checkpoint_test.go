@@ -196,6 +196,14 @@ func TestCheckpointGuest(t *testing.T) {
 		t.Fatal(err)
 	}
 	g.fails([]string{"checkpoint c1", "truncated"}, "snapshot", "revert", "--force", "ck", "c1")
+	moved := c1.MemoryFile + ".moved"
+	if err := os.Rename(c1.MemoryFile, moved); err != nil {
+		t.Fatal(err)
+	}
+	g.fails([]string{"checkpoint c1", "memory state", "no such file"}, "snapshot", "revert", "--force", "ck", "c1")
+	if err := os.Rename(moved, c1.MemoryFile); err != nil {
+		t.Fatal(err)
+	}
 
 	// Deleting a checkpoint removes its memory state.
 	g.ok("snapshot", "delete", "ck", "c1")
