@@ -75,6 +75,19 @@ func (l *Live) run(ctx context.Context, s Step) (handled bool, err error) {
 	switch s.Kind {
 	case StepLiveSnapshot:
 		return true, l.snapshot(ctx, s)
+	case StepSaveMemory:
+		return true, l.saveMemory(ctx, s)
+	case StepResume:
+		return true, l.resume(ctx)
+	case StepInternalSave:
+		return true, l.internalSave(ctx, s)
+	case StepInternalDelete:
+		for _, f := range s.Files {
+			if d, _, err := l.diskFor(ctx, f); err != nil || d == nil {
+				return false, nil // not open in the VM: offline
+			}
+		}
+		return true, l.internalDelete(ctx, s)
 	case StepPull:
 		d, idx, err := l.diskFor(ctx, s.File)
 		if err != nil || d == nil {

@@ -169,6 +169,8 @@ func jobTypeOf(cmd string) string {
 		return "create"
 	case CmdBlockdevBackup:
 		return "backup"
+	case "snapshot-save", "snapshot-load", "snapshot-delete":
+		return cmd
 	}
 	return ""
 }
