@@ -1,7 +1,9 @@
 package chain
 
 import (
+	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 
@@ -86,9 +88,34 @@ func (m *Manager) planDelete(vm *VM, name string, opts DeleteOptions, live *Live
 	}
 	p := &Plan{VM: vm.Name, Op: "delete", Snapshot: name, Before: map[string]string{}, After: map[string]string{}}
 	final := clone(vm)
+	if opts.Children {
+		for _, n := range vm.Subtree(name) {
+			if vm.Snapshot(n).Internal {
+				return nil, fmt.Errorf("VM %s: the subtree of %s holds internal checkpoint %s: delete it first", vm.Name, name, n)
+			}
+		}
+	}
 	switch {
 	case opts.MetadataOnly:
 		p.Notes = append(p.Notes, "metadata only: the snapshot is forgotten, every file stays as it is")
+		if s.Internal {
+			p.Notes = append(p.Notes, "internal checkpoint "+name+" stays inside its images (qchain image-snapshot -d removes it)")
+		}
+	case s.Internal:
+		// Inside the images: no overlay to merge, only the tag to delete.
+		st := Step{Kind: StepInternalDelete, Tag: name, Why: "internal checkpoint " + name + " is inside these images"}
+		for _, d := range s.Disks {
+			st.Targets = append(st.Targets, d.Target)
+			st.Files = append(st.Files, d.File)
+		}
+		if live != nil {
+			for _, f := range st.Files {
+				if d, idx, err := live.diskFor(m.ctx(), f); err == nil && d != nil && idx > 0 {
+					return nil, fmt.Errorf("VM %s: internal checkpoint %s lives in %s, which the running VM reads as a backing file: stop the VM to delete it", vm.Name, name, f)
+				}
+			}
+		}
+		p.Steps = append(p.Steps, st)
 	case opts.Children:
 		if err := m.planSubtree(vm, p, name); err != nil {
 			return nil, err
@@ -108,6 +135,7 @@ func (m *Manager) planDelete(vm *VM, name string, opts DeleteOptions, live *Live
 	if err := m.planUnused(vm, final, p, live, keepAll); err != nil {
 		return nil, err
 	}
+	planMemoryFiles(vm, final, p, keepAll)
 	p.Final = final
 	for _, st := range p.Steps {
 		p.Bytes += st.Bytes
@@ -409,4 +437,36 @@ func (m *Manager) Delete(vmName, name string, opts DeleteOptions, dryRun bool) (
 	}
 	j := &Journal{Op: "delete", Snapshot: name, Started: m.now(), Steps: p.Steps, Final: p.Final, Live: ex.Live != nil}
 	return p, l.run(j, ex, m.BeforeStep)
+}
+
+// planMemoryFiles removes the memory state files of the checkpoints the
+// plan deletes that no snapshot left needs (or, with keepAll, names them
+// as kept).
+func planMemoryFiles(vm, final *VM, p *Plan, keepAll string) {
+	needed := map[string]bool{}
+	for _, s := range final.Snapshots {
+		if s.Memory != nil {
+			needed[s.Memory.File] = true
+		}
+	}
+	for _, s := range vm.Snapshots {
+		if s.Memory == nil || s.Internal || final.Snapshot(s.Name) != nil || needed[s.Memory.File] {
+			continue
+		}
+		if keepAll != "" {
+			p.Kept = append(p.Kept, KeptFile{File: s.Memory.File, Reason: keepAll})
+			continue
+		}
+		if _, err := os.Stat(s.Memory.File); errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		p.Steps = append(p.Steps, Step{Kind: StepRemove, File: s.Memory.File, Why: "the memory state of checkpoint " + s.Name + ", which no snapshot needs any more"})
+		p.Removed = append(p.Removed, s.Memory.File)
+		if n := s.Memory.NVRAM; n != "" {
+			if _, err := os.Stat(n); err == nil {
+				p.Steps = append(p.Steps, Step{Kind: StepRemove, File: n, Why: "the NVRAM copy of checkpoint " + s.Name})
+				p.Removed = append(p.Removed, n)
+			}
+		}
+	}
 }

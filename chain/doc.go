@@ -52,6 +52,40 @@
 // unused stayed on disk with no word about it. A VM defined before
 // Originals existed has none recorded, and its original images stay.
 //
+// # VMs qchain starts
+//
+// A VM may carry its qemu command line (VM.Command), naming its disks by
+// their targets as drive ids; QemuArgs adds each disk's -drive on its
+// active image and the QMP monitor, and refuses the options qchain owns.
+// StartVM runs qemu in a session of its own (it outlives qchain) with its
+// output in qemu.log and its pid in qemu.pid in the VM's folder; StopVM
+// powers it down, then quits it. A VM without a command line is attached
+// to through its QMP socket as before.
+//
+// # Checkpoints with memory
+//
+// CreateCheckpoint saves a running VM's RAM and device state into a file
+// beside its disks (Snapshot.Memory) with QEMU's migration, paused before
+// the switchover (pause-before-switchover): at that point the vCPUs are
+// stopped and the disks still active, and the transaction that puts every
+// disk on a new overlay runs then, so memory and disks are from one
+// instant. The steps are journaled (StepSaveMemory, StepResume); a save
+// that fails before the switch is rolled back, one that loses the memory
+// after it keeps a disk-only snapshot, and Recover of a VM whose qemu died
+// meanwhile does the same. Reverting a checkpoint (RevertWith) is a
+// disk-only revert's new branch followed by StepLoadMemory: qemu started
+// from the VM's command line with -incoming defer, the state loaded, the
+// guest resumed. Deleting the checkpoint removes its memory state file.
+// A VM with an NVRAM (VM.NVRAM) has it copied at the checkpoint's
+// instant and put back before a revert starts qemu.
+//
+// An internal checkpoint (CreateInternalCheckpoint) lives inside the
+// active qcow2 images instead (QEMU's snapshot-save job, no overlay); the
+// tree holds it like any other snapshot, and its file may be its
+// descendants' own file. It is reverted (snapshot-load, or qemu started
+// with -loadvm) only while its images are still active, and deleted with
+// snapshot-delete or offline.
+//
 // Merges that copy nothing (a commit of an overlay nothing was written
 // into, a pull of a layer the image above reads nothing from) run natively
 // offline, as a backing file rewrite at most, without a storage daemon.

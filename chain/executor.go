@@ -61,8 +61,10 @@ func (o *Offline) Run(s Step) error {
 			return err
 		}
 		return o.job(s)
-	case StepLiveSnapshot:
+	case StepLiveSnapshot, StepSaveMemory, StepResume, StepInternalSave:
 		return fmt.Errorf("the VM is not running: its QMP socket does not answer")
+	case StepInternalDelete:
+		return o.internalDeleteOffline(s)
 	}
 	return fmt.Errorf("unknown step kind %q", s.Kind)
 }
@@ -77,7 +79,22 @@ func createOverlay(file, backing, format string) error {
 		}
 		return fmt.Errorf("%s exists and is not an overlay of %s", file, backing)
 	}
-	return qcow2.Create(file, qcow2.CreateOptions{BackingFile: backing, BackingFormat: format})
+	// Made under a temporary name and linked into place, never replacing
+	// a file: a qchain killed half-way leaves no partial overlay under
+	// the journal's name, only the temporary file, which a rerun of the
+	// step replaces.
+	tmp := filepath.Join(filepath.Dir(file), "."+filepath.Base(file)+".qchain-new")
+	if err := os.Remove(tmp); err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	if err := qcow2.Create(tmp, qcow2.CreateOptions{BackingFile: backing, BackingFormat: format}); err != nil {
+		return err
+	}
+	defer os.Remove(tmp)
+	if err := os.Link(tmp, file); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(file))
 }
 
 // graph is the blockdev description of a file's chain, for a storage

@@ -32,6 +32,29 @@ const (
 	StepRebase = "rebase"
 	// StepRemove deletes File, which nothing needs any more.
 	StepRemove = "remove"
+	// StepSaveMemory saves the running VM's RAM and device state into
+	// File (a migration in Format) and, at the instant the migration has
+	// stopped the vCPUs and before it writes the device state, makes the
+	// overlays Files of Targets active in one transaction: memory and
+	// disks from one instant. Without Live the vCPUs are stopped first.
+	StepSaveMemory = "save-memory"
+	// StepResume runs the VM's vCPUs again (QMP cont) unless they run.
+	StepResume = "resume"
+	// StepLoadMemory starts the VM (with the disks the operation leaves)
+	// waiting for an incoming migration, loads the state in File (in
+	// Format) into it, and runs it unless Paused.
+	StepLoadMemory = "load-memory"
+	// StepInternalSave takes internal snapshot Tag of Targets' active
+	// images Files in the running VM, its state saved into File
+	// (snapshot-save).
+	StepInternalSave = "internal-save"
+	// StepInternalLoad reverts Targets' images Files to internal snapshot
+	// Tag and loads the VM's state from File: snapshot-load in the
+	// running VM, else qemu started with -loadvm; the VM runs unless
+	// Paused.
+	StepInternalLoad = "internal-load"
+	// StepInternalDelete deletes internal snapshot Tag from Files.
+	StepInternalDelete = "internal-delete"
 )
 
 // Step is one action of a plan.
@@ -45,6 +68,18 @@ type Step struct {
 	BackingFmt string   `json:"backing_format,omitempty"`
 	Targets    []string `json:"targets,omitempty"`
 	Files      []string `json:"files,omitempty"`
+	// Format, Live and Paused describe a memory step (StepSaveMemory,
+	// StepLoadMemory).
+	Format string `json:"format,omitempty"`
+	Live   bool   `json:"live,omitempty"`
+	Paused bool   `json:"paused,omitempty"`
+	// NVRAM and NVRAMCopy are the VM's firmware variable store and the
+	// checkpoint's copy of it: a memory step copies the one to the
+	// other (StepSaveMemory) or back (StepLoadMemory).
+	NVRAM     string `json:"nvram,omitempty"`
+	NVRAMCopy string `json:"nvram_copy,omitempty"`
+	// Tag is an internal snapshot's name in the images.
+	Tag string `json:"tag,omitempty"`
 	// Bytes is what the step copies, as measured when planned.
 	Bytes uint64 `json:"bytes,omitempty"`
 	Why   string `json:"why,omitempty"`
@@ -79,6 +114,26 @@ func (s Step) String() string {
 		return fmt.Sprintf("rebase %s onto %s (metadata only)", s.File, s.Backing)
 	case StepRemove:
 		return fmt.Sprintf("remove %s", s.File)
+	case StepSaveMemory:
+		how := "with the vCPUs stopped"
+		if s.Live {
+			how = "while the guest runs, the vCPUs stopped for the last part"
+		}
+		return fmt.Sprintf("save the VM's memory into %s (%s, %s) and switch disks %v to new overlays at that instant", s.File, s.Format, how, s.Targets)
+	case StepResume:
+		return "resume the VM's vCPUs"
+	case StepInternalSave:
+		return fmt.Sprintf("save internal checkpoint %s in %v (memory in %s)", s.Tag, s.Files, s.File)
+	case StepInternalLoad:
+		return fmt.Sprintf("revert %v to internal checkpoint %s and load its memory", s.Files, s.Tag)
+	case StepInternalDelete:
+		return fmt.Sprintf("delete internal checkpoint %s from %v", s.Tag, s.Files)
+	case StepLoadMemory:
+		then := "and run it"
+		if s.Paused {
+			then = "and leave it paused"
+		}
+		return fmt.Sprintf("start the VM and load its memory from %s (%s) %s", s.File, s.Format, then)
 	}
 	return s.Kind
 }

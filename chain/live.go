@@ -99,6 +99,19 @@ func (l *Live) run(ctx context.Context, s Step) (handled bool, err error) {
 	switch s.Kind {
 	case StepLiveSnapshot:
 		return true, l.snapshot(ctx, s)
+	case StepSaveMemory:
+		return true, l.saveMemory(ctx, s)
+	case StepResume:
+		return true, l.resume(ctx)
+	case StepInternalSave:
+		return true, l.internalSave(ctx, s)
+	case StepInternalDelete:
+		for _, f := range s.Files {
+			if d, _, err := l.diskFor(ctx, f); err != nil || d == nil {
+				return false, nil // not open in the VM: offline
+			}
+		}
+		return true, l.internalDelete(ctx, s)
 	case StepPull:
 		d, idx, err := l.diskFor(ctx, s.File)
 		if err != nil || d == nil {
@@ -318,3 +331,11 @@ func (l *Live) verify(ctx context.Context, vm *VM) error {
 	}
 	return nil
 }
+
+// RunningDisk finds the running disk of a VM disk's target among qemu's
+// disks (qmp.DiskChains) as the live executor does: by -drive id, device
+// id or QOM path, or node name. It returns nil when there is none.
+func RunningDisk(disks []qmp.Disk, target string) *qmp.Disk { return findDisk(disks, target) }
+
+// SameFile reports whether a and b name the same existing file.
+func SameFile(a, b string) bool { return same(a, b) }

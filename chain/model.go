@@ -15,6 +15,13 @@ type VM struct {
 	// agent, when it has them.
 	QMP string `json:"qmp,omitempty"`
 	QGA string `json:"qga,omitempty"`
+	// Command is the VM's qemu command line, binary first, when qchain
+	// starts the VM (StartVM); empty for a VM started elsewhere. Disks
+	// are named by their targets as drive ids: qchain adds one -drive per
+	// disk on its active image, and the QMP monitor (see QemuArgs).
+	Command []string `json:"command,omitempty"`
+	// NVRAM is the VM's firmware variable store, when it has one.
+	NVRAM string `json:"nvram,omitempty"`
 	// Snapshots in creation order.
 	Snapshots []*Snapshot `json:"snapshots"`
 	// Current is the snapshot the current state descends from ("" before
@@ -43,7 +50,44 @@ type Snapshot struct {
 	Created     time.Time      `json:"created"`
 	Description string         `json:"description,omitempty"`
 	Disks       []SnapshotDisk `json:"disks"`
+	// Memory is the VM's RAM and device state at the snapshot's instant,
+	// for a checkpoint with memory; nil for a disk-only snapshot.
+	Memory *MemoryState `json:"memory,omitempty"`
+	// Internal says the snapshot lives inside the disks' images (a qcow2
+	// internal snapshot tagged with its name in each of Disks' files, the
+	// memory state in the first one): no overlay was created for it.
+	Internal bool `json:"internal,omitempty"`
 }
+
+// MemoryState is where a checkpoint keeps its RAM and device state: a
+// QEMU migration stream in a file beside the disks.
+type MemoryState struct {
+	// File is the absolute path of the state file.
+	File string `json:"file"`
+	// Format is MemoryStream or MemoryMappedRAM: how QEMU wrote the file,
+	// and so how it must load it.
+	Format string `json:"format"`
+	// Size is the file's size once saved: a shorter file is truncated.
+	Size int64 `json:"size"`
+	// Running says whether the guest ran when the checkpoint was taken.
+	Running bool `json:"running"`
+	// NVRAM is the copy of the VM's firmware variable store (VM.NVRAM)
+	// taken at the checkpoint's instant, when the VM has one.
+	NVRAM string `json:"nvram,omitempty"`
+}
+
+// Memory state formats.
+const (
+	// MemoryStream is QEMU's sequential migration stream (any version),
+	// written and read through a descriptor qchain passes.
+	MemoryStream = "stream"
+	// MemoryMappedRAM is the stream with the mapped-ram capability: RAM
+	// pages at fixed offsets of a file: URI's file (QEMU 9.0+).
+	MemoryMappedRAM = "mapped-ram"
+	// MemoryInternal is the state saved inside a qcow2 image with the
+	// internal snapshot (snapshot-save): MemoryState.File is that image.
+	MemoryInternal = "internal"
+)
 
 // SnapshotDisk says which file holds a snapshot's content of one disk
 // (with that file's backing chain).

@@ -1,5 +1,11 @@
 package chain
 
+import (
+	"errors"
+	"fmt"
+	"os"
+)
+
 // Recover finishes an interrupted operation of the VM from its journal
 // (every step can be run again), then saves the metadata it was to save.
 func (m *Manager) Recover(vmName string) (*Journal, error) {
@@ -20,10 +26,67 @@ func (m *Manager) Recover(vmName string) (*Journal, error) {
 	if ex.Live == nil {
 		// The VM stopped: making overlays active is now the metadata alone.
 		for i := range j.Steps {
-			if j.Steps[i].Kind == StepLiveSnapshot {
+			switch j.Steps[i].Kind {
+			case StepLiveSnapshot:
 				j.Steps[i].Done = true
+			case StepInternalSave:
+				if j.Steps[i].Done {
+					continue
+				}
+				// QEMU died during snapshot-save: no checkpoint (a
+				// partial tag may stay in the image).
+				j.Steps[i].Done = true
+				j.Final = clone(l.VM)
+			case StepSaveMemory, StepResume:
+				if j.Steps[i].Done {
+					continue
+				}
+				// QEMU died with the checkpoint's memory unsaved: the
+				// disks hold a disk-only snapshot of an instant before
+				// the new overlays took any write.
+				j.Steps[i].Done = true
+				if j.Steps[i].Kind == StepSaveMemory {
+					if s := j.Final.Snapshot(j.Snapshot); s != nil {
+						s.Memory = nil
+					}
+					os.Remove(j.Steps[i].File)
+				}
 			}
 		}
 	}
-	return j, l.run(j, ex, m.BeforeStep)
+	vx := &vmExecutor{ex: ex, m: m, final: j.Final}
+	err = l.run(j, vx, m.BeforeStep)
+	var se *StepError
+	if errors.As(err, &se) && errors.Is(err, errMemoryLost) {
+		// As CreateCheckpoint does: the disks switched at the instant,
+		// so the checkpoint is kept as a disk-only snapshot.
+		if s := j.Final.Snapshot(j.Snapshot); s != nil {
+			s.Memory = nil
+		}
+		j.Steps[se.Index].Done = true
+		os.Remove(se.Step.File)
+		if err = l.run(j, vx, m.BeforeStep); err != nil {
+			return j, err
+		}
+		return j, fmt.Errorf("VM %s: checkpoint %s: %v; %s was kept as a disk-only snapshot", l.VM.Name, j.Snapshot, se.Err, j.Snapshot)
+	}
+	if err != nil {
+		return j, err
+	}
+	return j, recordMemorySize(l, j.Snapshot)
+}
+
+// recordMemorySize records the size of a checkpoint's memory state file
+// once saved (a shorter file later is a truncated one).
+func recordMemorySize(l *Locked, name string) error {
+	s := l.VM.Snapshot(name)
+	if s == nil || s.Memory == nil || s.Internal || s.Memory.Size != 0 {
+		return nil
+	}
+	fi, err := os.Stat(s.Memory.File)
+	if err != nil {
+		return nil
+	}
+	s.Memory.Size = fi.Size()
+	return l.Save()
 }

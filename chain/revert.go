@@ -28,6 +28,20 @@ func holdsChanges(file string) (bool, error) {
 // running VM is refused (a disk-only revert under a live guest corrupts
 // it). The plan returned says what was done.
 func (m *Manager) Revert(vmName, name string, force bool) (*Plan, error) {
+	return m.RevertWith(vmName, name, RevertOptions{Force: force})
+}
+
+// RevertOptions configure RevertWith.
+type RevertOptions struct {
+	// Force discards current changes no snapshot keeps.
+	Force bool
+	// Paused leaves a VM reverted to a checkpoint with memory paused.
+	Paused bool
+}
+
+// RevertWith is Revert; a checkpoint with memory (Snapshot.Memory) is
+// reverted with RevertCheckpoint's steps.
+func (m *Manager) RevertWith(vmName, name string, o RevertOptions) (*Plan, error) {
 	l, err := m.Store.Lock(vmName, false)
 	if err != nil {
 		return nil, err
@@ -38,12 +52,32 @@ func (m *Manager) Revert(vmName, name string, force bool) (*Plan, error) {
 	if s == nil {
 		return nil, fmt.Errorf("VM %s has no snapshot %s", vm.Name, name)
 	}
+	if s.Internal {
+		return m.revertInternal(l, s, o)
+	}
+	if s.Memory != nil {
+		return m.revertCheckpoint(l, s, o)
+	}
 	if vm.QMP != "" {
 		if conn, err := DialVM(m.ctx(), vm); err == nil {
 			conn.Close()
 			return nil, fmt.Errorf("VM %s is running (its QMP socket %s answers): stop it before reverting its disks", vm.Name, vm.QMP)
 		}
 	}
+	p, err := m.planRevert(vm, s, o.Force)
+	if err != nil {
+		return nil, err
+	}
+	j := &Journal{Op: "revert", Snapshot: name, Started: m.now(), Steps: p.Steps, Final: p.Final}
+	ex := &Offline{Ctx: m.ctx(), StorageDaemon: m.StorageDaemon}
+	return p, l.run(j, ex, m.BeforeStep)
+}
+
+// planRevert plans the disks' side of a revert to s: a new overlay on
+// each of its files, and the removal of the VM's files nothing needs
+// after.
+func (m *Manager) planRevert(vm *VM, s *Snapshot, force bool) (*Plan, error) {
+	name := s.Name
 	if err := Verify(vm); err != nil {
 		return nil, err
 	}
@@ -86,7 +120,5 @@ func (m *Manager) Revert(vmName, name string, force bool) (*Plan, error) {
 		}
 		p.After[d.Target] = Tree(append([]string{ov}, after...), ov)
 	}
-	j := &Journal{Op: "revert", Snapshot: name, Started: m.now(), Steps: p.Steps, Final: final}
-	ex := &Offline{Ctx: m.ctx(), StorageDaemon: m.StorageDaemon}
-	return p, l.run(j, ex, m.BeforeStep)
+	return p, nil
 }

@@ -209,6 +209,27 @@ func (st *Store) Define(vm *VM) error {
 	if err := vm.validate(); err != nil {
 		return err
 	}
+	if len(vm.Command) > 0 {
+		if vm.QMP == "" {
+			p, err := st.defaultQMP(vm.Name)
+			if err != nil {
+				return err
+			}
+			vm.QMP = p
+		} else if abs, err := filepath.Abs(vm.QMP); err == nil {
+			vm.QMP = abs // qemu may run in another folder
+		}
+		if err := vm.checkCommand(); err != nil {
+			return err
+		}
+	}
+	if vm.NVRAM != "" {
+		abs, err := filepath.Abs(vm.NVRAM)
+		if err != nil {
+			return err
+		}
+		vm.NVRAM = abs
+	}
 	if err := os.MkdirAll(filepath.Join(st.Dir, "vms"), 0o700); err != nil {
 		return err
 	}
@@ -218,6 +239,13 @@ func (st *Store) Define(vm *VM) error {
 		}
 		return err
 	}
+	// The lock file exists from the start: a command refused before it
+	// changes anything leaves the folder as it was.
+	lf, err := os.OpenFile(filepath.Join(st.vmDir(vm.Name), "lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	lf.Close()
 	return st.save(vm)
 }
 

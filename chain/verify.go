@@ -16,7 +16,7 @@ func Verify(vm *VM) error {
 		}
 		if vm.Current != "" {
 			s := vm.Snapshot(vm.Current)
-			if i := inChain(active, s.File(d.Target)); i < 1 {
+			if i := inChain(active, s.File(d.Target)); i < minIndex(s) {
 				return fmt.Errorf("VM %s disk %s: the metadata says the current state descends from snapshot %s (%s), but the chain of %s does not contain it: the files changed behind qchain's back",
 					vm.Name, d.Target, s.Name, s.File(d.Target), d.Active)
 			}
@@ -32,7 +32,7 @@ func Verify(vm *VM) error {
 			}
 			if s.Parent != "" {
 				pf := vm.Snapshot(s.Parent).File(d.Target)
-				if inChain(ch, pf) < 1 {
+				if inChain(ch, pf) < minIndex(vm.Snapshot(s.Parent)) {
 					return fmt.Errorf("VM %s disk %s: snapshot %s (%s) should sit on its parent %s (%s), but its chain does not contain it: the files changed behind qchain's back",
 						vm.Name, d.Target, s.Name, f, s.Parent, pf)
 				}
@@ -53,4 +53,15 @@ func (vm *VM) trackedFiles(target string) []string {
 		out = append(out, d.Active)
 	}
 	return out
+}
+
+// minIndex is where a snapshot's file may sit in a descendant's chain: an
+// external snapshot's file is below the descendant's (1 or deeper); an
+// internal one lives inside an image that may still be the descendant's
+// own file (0).
+func minIndex(s *Snapshot) int {
+	if s.Internal {
+		return 0
+	}
+	return 1
 }

@@ -57,6 +57,7 @@ func NewApp(stdout, stderr io.Writer) *cli.App {
 			rebaseCommand(),
 			bitmapCommand(),
 			imageSnapshotCommand(),
+			backupCommand(),
 		},
 	}
 	app.Commands = append(app.Commands, blockCommands()...)

@@ -62,11 +62,39 @@ func snapshotCommand() *cli.Command {
 				Flags: []cli.Flag{sd, storageDaemonFlag(),
 					&cli.StringFlag{Name: "description", Usage: "free `TEXT` kept with the snapshot"},
 					&cli.BoolFlag{Name: "quiesce", Usage: "freeze the guest's file systems through its agent while switching"},
+					&cli.BoolFlag{Name: "memory", Usage: "a checkpoint of the running VM: its RAM and device state (in a file beside the disks) with every disk, from one instant"},
+					&cli.BoolFlag{Name: "live", Usage: "with --memory: copy the RAM while the guest runs; only the last part stops it"},
+					&cli.BoolFlag{Name: "internal", Usage: "a checkpoint with memory inside the qcow2 images (QMP snapshot-save, QEMU 6.0+), no overlay"},
 				},
 				Action: func(c *cli.Context) error {
 					a, err := args(c, "VM", "NAME")
 					if err != nil {
 						return err
+					}
+					if c.Bool("live") && !c.Bool("memory") {
+						return fmt.Errorf("--live needs --memory")
+					}
+					if c.Bool("internal") {
+						if c.Bool("quiesce") {
+							return fmt.Errorf("--quiesce and --internal exclude each other: a checkpoint with memory needs no frozen file systems")
+						}
+						s, err := manager(c).CreateInternalCheckpoint(a[0], a[1], chain.CheckpointOptions{Description: c.String("description"), Live: c.Bool("live")})
+						if err != nil {
+							return err
+						}
+						fmt.Fprintf(c.App.Writer, "Internal checkpoint %s created (memory in %s)\n", s.Name, s.Memory.File)
+						return nil
+					}
+					if c.Bool("memory") {
+						if c.Bool("quiesce") {
+							return fmt.Errorf("--quiesce and --memory exclude each other: a checkpoint with memory needs no frozen file systems")
+						}
+						s, err := manager(c).CreateCheckpoint(a[0], a[1], chain.CheckpointOptions{Description: c.String("description"), Live: c.Bool("live")})
+						if err != nil {
+							return err
+						}
+						fmt.Fprintf(c.App.Writer, "Checkpoint %s created (memory in %s)\n", s.Name, s.Memory.File)
+						return nil
 					}
 					// SIGINT and SIGTERM cancel the create instead of
 					// killing qchain: with --quiesce a killed qchain
@@ -118,6 +146,13 @@ func snapshotCommand() *cli.Command {
 					w := c.App.Writer
 					fmt.Fprintf(w, "Name:        %s\nParent:      %s\nChildren:    %s\nCurrent:     %t\nCreated:     %s\nDescription: %s\n",
 						info.Name, dashIfEmpty(info.Parent), dashIfEmpty(strings.Join(info.Children, ", ")), info.Current, info.Created.Format(time.RFC3339), info.Description)
+					fmt.Fprintf(w, "Kind:        %s\n", info.Kind())
+					if info.Memory {
+						fmt.Fprintf(w, "Memory:      %s (%s)\n", info.MemoryFile, info.MemoryFormat)
+						if info.NVRAM != "" {
+							fmt.Fprintf(w, "NVRAM:       %s\n", info.NVRAM)
+						}
+					}
 					for _, d := range info.Disks {
 						fmt.Fprintf(w, "Disk %s:    %s\n", d.Target, d.File)
 					}
@@ -157,8 +192,9 @@ func snapshotCommand() *cli.Command {
 				},
 			},
 			{
-				Name: "revert", Usage: "make a snapshot's point in time current (a new branch); the VM must be stopped", ArgsUsage: "VM NAME",
-				Flags: []cli.Flag{sd, outputFlag(), &cli.BoolFlag{Name: "force", Usage: "discard current changes that no snapshot keeps"}},
+				Name: "revert", Usage: "make a snapshot's point in time current (a new branch); the VM must be stopped, except for a checkpoint with memory: the VM then runs on from that instant", ArgsUsage: "VM NAME",
+				Flags: []cli.Flag{sd, outputFlag(), &cli.BoolFlag{Name: "force", Usage: "discard current changes that no snapshot keeps"},
+					&cli.BoolFlag{Name: "paused", Usage: "a checkpoint with memory: leave the VM paused at the checkpoint's instant"}},
 				Action: func(c *cli.Context) error {
 					a, err := args(c, "VM", "NAME")
 					if err != nil {
@@ -168,7 +204,7 @@ func snapshotCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					p, err := manager(c).Revert(a[0], a[1], c.Bool("force"))
+					p, err := manager(c).RevertWith(a[0], a[1], chain.RevertOptions{Force: c.Bool("force"), Paused: c.Bool("paused")})
 					if err != nil {
 						return err
 					}
@@ -233,6 +269,27 @@ type SnapshotInfo struct {
 	Created     time.Time            `json:"created"`
 	Description string               `json:"description,omitempty"`
 	Disks       []chain.SnapshotDisk `json:"disks"`
+	// Memory says whether the snapshot is a checkpoint with the VM's RAM
+	// and device state (in MemoryFile); Internal whether it lives inside
+	// the images (its memory then inside MemoryFile, the first disk's).
+	Memory     bool   `json:"memory"`
+	Internal   bool   `json:"internal"`
+	MemoryFile string `json:"memory_file,omitempty"`
+	// MemoryFormat is how QEMU wrote MemoryFile: "stream" or "mapped-ram".
+	MemoryFormat string `json:"memory_format,omitempty"`
+	// NVRAM is the checkpoint's copy of the VM's firmware variable store.
+	NVRAM string `json:"nvram,omitempty"`
+}
+
+// Kind is "memory" for a checkpoint with memory, "disk" otherwise.
+func (s SnapshotInfo) Kind() string {
+	if s.Internal {
+		return "internal"
+	}
+	if s.Memory {
+		return "memory"
+	}
+	return "disk"
 }
 
 func snapshotInfo(vm *chain.VM, s *chain.Snapshot) SnapshotInfo {
@@ -240,7 +297,12 @@ func snapshotInfo(vm *chain.VM, s *chain.Snapshot) SnapshotInfo {
 	if ch == nil {
 		ch = []string{}
 	}
-	return SnapshotInfo{Name: s.Name, Parent: s.Parent, Children: ch, Current: vm.Current == s.Name, Created: s.Created, Description: s.Description, Disks: s.Disks}
+	info := SnapshotInfo{Name: s.Name, Parent: s.Parent, Children: ch, Current: vm.Current == s.Name, Created: s.Created, Description: s.Description, Disks: s.Disks}
+	info.Internal = s.Internal
+	if s.Memory != nil {
+		info.Memory, info.MemoryFile, info.MemoryFormat, info.NVRAM = true, s.Memory.File, s.Memory.Format, s.Memory.NVRAM
+	}
+	return info
 }
 
 func runSnapshotList(c *cli.Context) error {
@@ -272,13 +334,13 @@ func runSnapshotList(c *cli.Context) error {
 		return nil
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tPARENT\tCREATED\tCURRENT\tDESCRIPTION")
+	fmt.Fprintln(tw, "NAME\tPARENT\tCREATED\tKIND\tCURRENT\tDESCRIPTION")
 	for _, s := range vm.Snapshots {
 		cur := ""
 		if s.Name == vm.Current {
 			cur = "yes"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.Name, dashIfEmpty(s.Parent), s.Created.Format("2006-01-02 15:04:05"), cur, s.Description)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.Name, dashIfEmpty(s.Parent), s.Created.Format("2006-01-02 15:04:05"), snapshotInfo(vm, s).Kind(), cur, s.Description)
 	}
 	return tw.Flush()
 }

@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	goqmp "github.com/digitalocean/go-qemu/qmp"
@@ -447,7 +449,7 @@ func (c *Conn) newID() string {
 }
 
 // roundTrip sends line (a command carrying id) and waits for its reply.
-func (c *Conn) roundTrip(ctx context.Context, name, id string, line []byte) (reply, error) {
+func (c *Conn) roundTrip(ctx context.Context, name, id string, line, oob []byte) (reply, error) {
 	ch := make(chan reply, 1)
 	c.mu.Lock()
 	if c.err != nil {
@@ -467,7 +469,7 @@ func (c *Conn) roundTrip(ctx context.Context, name, id string, line []byte) (rep
 		c.mu.Unlock()
 	}
 
-	if err := c.write(ctx, line); err != nil {
+	if err := c.writeRights(ctx, line, oob); err != nil {
 		forget()
 		return reply{}, fmt.Errorf("qmp: %s: %w", name, err)
 	}
@@ -490,6 +492,12 @@ func (c *Conn) roundTrip(ctx context.Context, name, id string, line []byte) (rep
 // write sends one line. A write that fails after sending part of the line
 // leaves the stream out of step, so it closes the connection.
 func (c *Conn) write(ctx context.Context, line []byte) error {
+	return c.writeRights(ctx, line, nil)
+}
+
+// writeRights sends one line with oob (SCM_RIGHTS control data, or nil)
+// attached to its first byte.
+func (c *Conn) writeRights(ctx context.Context, line, oob []byte) error {
 	select {
 	case c.wsem <- struct{}{}:
 	case <-ctx.Done():
@@ -502,7 +510,18 @@ func (c *Conn) write(ctx context.Context, line []byte) error {
 		return err
 	}
 	stop := interruptIO(ctx, c.nc.SetWriteDeadline)
-	n, err := c.nc.Write(line)
+	var n int
+	var err error
+	if oob != nil {
+		uc, ok := c.nc.(*net.UnixConn)
+		if !ok {
+			stop()
+			return errors.New("passing a file needs a unix socket")
+		}
+		n, _, err = uc.WriteMsgUnix(line, oob, nil)
+	} else {
+		n, err = c.nc.Write(line)
+	}
 	stop()
 	if err != nil {
 		if n > 0 {
@@ -539,7 +558,7 @@ func (c *Conn) RunContext(ctx context.Context, cmd []byte) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("qmp: %s: %w", name, err)
 	}
-	r, err := c.roundTrip(ctx, name, id, append(line, '\n'))
+	r, err := c.roundTrip(ctx, name, id, append(line, '\n'), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -554,12 +573,23 @@ func (c *Conn) RunContext(ctx context.Context, cmd []byte) ([]byte, error) {
 // object; nil for none) and decodes the "return" value into result (nil to
 // ignore it). A QMP error reply is returned as *Error.
 func (c *Conn) Execute(ctx context.Context, name string, args, result any) error {
+	return c.execute(ctx, name, args, result, nil)
+}
+
+// ExecuteWithFile is Execute with f's descriptor passed along (SCM_RIGHTS,
+// so only over a unix socket), as getfd and add-fd expect it. QEMU keeps
+// its own copy; the caller still owns f.
+func (c *Conn) ExecuteWithFile(ctx context.Context, name string, args, result any, f *os.File) error {
+	return c.execute(ctx, name, args, result, syscall.UnixRights(int(f.Fd())))
+}
+
+func (c *Conn) execute(ctx context.Context, name string, args, result any, oob []byte) error {
 	id := c.newID()
 	line, err := json.Marshal(command{Execute: name, Arguments: args, ID: id})
 	if err != nil {
 		return fmt.Errorf("qmp: %s: encoding arguments: %w", name, err)
 	}
-	r, err := c.roundTrip(ctx, name, id, append(line, '\n'))
+	r, err := c.roundTrip(ctx, name, id, append(line, '\n'), oob)
 	if err != nil {
 		return err
 	}

@@ -31,6 +31,12 @@
 //     a thaw on every path out.
 //   - StartStorageDaemon: a private qemu-storage-daemon for jobs on images
 //     no VM has open.
+//   - Migration (migrate.go): capabilities, migrate and migrate-incoming to
+//     a file: URI or a descriptor passed over the socket (GetFd,
+//     ExecuteWithFile: SCM_RIGHTS), migrate-continue after
+//     pause-before-switchover, WaitMigration polling query-migrate; stop,
+//     cont, query-status and system_powerdown; the snapshot-save, -load
+//     and -delete jobs of internal checkpoints.
 //
 // Conn, GuestAgent and Job (for Abort) are safe for concurrent use.
 //

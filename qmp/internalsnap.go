@@ -52,3 +52,33 @@ func (c *Conn) BlockdevSnapshotDeleteInternalSync(ctx context.Context, a Blockde
 	}
 	return &out, nil
 }
+
+// SnapshotSave is the argument of snapshot-save (QEMU 6.0+): a job that
+// takes internal snapshot Tag of every node of Devices, with the VM's
+// state saved into VMState (one of them), with the vCPUs stopped
+// meanwhile, as HMP savevm.
+type SnapshotSave struct {
+	JobID   string   `json:"job-id"`
+	Tag     string   `json:"tag"`
+	VMState string   `json:"vmstate"`
+	Devices []string `json:"devices"`
+}
+
+// SnapshotLoad is the argument of snapshot-load: a job that reverts every
+// node of Devices to internal snapshot Tag and loads the VM's state from
+// VMState, as HMP loadvm.
+type SnapshotLoad SnapshotSave
+
+// SnapshotDelete is the argument of snapshot-delete: a job that deletes
+// internal snapshot Tag from every node of Devices.
+type SnapshotDelete struct {
+	JobID   string   `json:"job-id"`
+	Tag     string   `json:"tag"`
+	Devices []string `json:"devices"`
+}
+
+// QEMU creates the snapshot jobs with manual dismiss already; they have
+// no auto-finalize or auto-dismiss arguments.
+func (a SnapshotSave) jobStart() (string, string, any)   { return "snapshot-save", a.JobID, a }
+func (a SnapshotLoad) jobStart() (string, string, any)   { return "snapshot-load", a.JobID, a }
+func (a SnapshotDelete) jobStart() (string, string, any) { return "snapshot-delete", a.JobID, a }

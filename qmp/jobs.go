@@ -20,9 +20,9 @@ const (
 )
 
 // JobStarter is a command that starts a block job: *BlockStream,
-// *BlockCommit, *DriveMirror, *BlockdevMirror or *BlockdevCreate (values
-// work too). StartJob forces auto-dismiss off on it so that the result can
-// always be read from query-jobs.
+// *BlockCommit, *DriveMirror, *BlockdevMirror, *BlockdevCreate or
+// *BlockdevBackup (values work too). StartJob forces auto-dismiss off on
+// it so that the result can always be read from query-jobs.
 type JobStarter interface {
 	// jobStart returns the command name, the job id and the arguments
 	// with the runner's defaults applied.
@@ -167,6 +167,10 @@ func jobTypeOf(cmd string) string {
 		return "mirror"
 	case "blockdev-create":
 		return "create"
+	case CmdBlockdevBackup:
+		return "backup"
+	case "snapshot-save", "snapshot-load", "snapshot-delete":
+		return cmd
 	}
 	return ""
 }

@@ -1,0 +1,360 @@
+package backup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/qchain/qchain/chain"
+	"github.com/qchain/qchain/qcow2"
+	"github.com/qchain/qchain/qmp"
+)
+
+// CreateOptions configure Create. The zero value makes an incremental
+// point when it can, at full speed, with the storage daemon from PATH.
+type CreateOptions struct {
+	// Full makes a full point even when an incremental one could be made.
+	Full bool
+	// Speed limits each disk's copy, in bytes per second; 0 is no limit.
+	Speed int64
+	// StorageDaemon is the qemu-storage-daemon program for offline
+	// backups; empty means the one in PATH.
+	StorageDaemon string
+	// Progress, when set, receives each disk's job progress.
+	Progress func(target string, current, total int64)
+	// Notes, when set, receives one-line notes: leftovers removed, why a
+	// point is full.
+	Notes io.Writer
+	// Now returns the time recorded in the point (tests fix it).
+	Now func() time.Time
+}
+
+func (o *CreateOptions) note(format string, args ...any) {
+	if o.Notes != nil {
+		fmt.Fprintf(o.Notes, format+"\n", args...)
+	}
+}
+
+// Create backs up every disk of the VM named vmName (of the snapshot
+// manager's store) to dir as one new point in time, and returns it. dir is
+// made when missing; a folder that is not empty must be a backup folder
+// of the same VM. The VM's lock is held throughout, so no snapshot
+// operation changes its disks meanwhile.
+func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts CreateOptions) (*Point, error) {
+	locked, err := store.Lock(vmName, false)
+	if err != nil {
+		return nil, err
+	}
+	defer locked.Unlock()
+	vm := locked.VM
+	if len(vm.Disks) > MaxDisks {
+		return nil, fmt.Errorf("VM %s has %d disks, more than %d", vm.Name, len(vm.Disks), MaxDisks)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	x, err := ReadIndex(dir)
+	switch {
+	case errors.Is(err, ErrNoIndex):
+		if err := checkFresh(dir); err != nil {
+			return nil, err
+		}
+		id, err := newID()
+		if err != nil {
+			return nil, err
+		}
+		x = &Index{Version: IndexVersion, VM: vm.Name, ID: id}
+	case err != nil:
+		return nil, err
+	case x.VM != vm.Name:
+		return nil, fmt.Errorf("%s holds backups of VM %s, not of VM %s: use another folder", dir, x.VM, vm.Name)
+	case x.Merging != 0:
+		return nil, fmt.Errorf("%s: a merge into point %d was interrupted: run `qchain backup merge` on it again first", dir, x.Merging)
+	}
+	unlock, err := lockDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	removed, err := removeLeftovers(dir, x)
+	if err != nil {
+		return nil, fmt.Errorf("%s: removing what an interrupted backup left: %w", dir, err)
+	}
+	if len(removed) > 0 {
+		opts.note("%s: an interrupted run left %s: removed", dir, strings.Join(removed, ", "))
+	}
+
+	s, err := openSession(ctx, vm, opts.StorageDaemon)
+	if err != nil {
+		return nil, err
+	}
+	closed := false
+	defer func() {
+		if !closed {
+			s.close()
+		}
+	}()
+	if s.live {
+		// A qchain killed during a backup left its jobs running in
+		// qemu (holding the previous point's bitmap busy) and its
+		// target nodes: they go first.
+		for _, d := range vm.Disks {
+			s.clearLeftovers(ctx, qmp.JobID("backup", d.Target), qmp.NodeName("backup", d.Target))
+		}
+	}
+	bitmaps, err := s.bitmaps(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("VM %s: reading the dirty bitmaps: %w", vm.Name, err)
+	}
+	last := x.Last()
+	var number int64 = 1
+	if last != nil {
+		number = last.Point + 1
+	}
+	p := &Point{Point: number, Kind: Incremental, Live: s.live}
+	if opts.Now != nil {
+		p.Time = opts.Now()
+	} else {
+		p.Time = time.Now().UTC().Truncate(time.Second)
+	}
+	if reason := fullReason(dir, x, vm, bitmaps, opts.Full); reason != "" {
+		p.Kind, p.Reason = Full, reason
+		opts.note("point %d is full: %s", number, reason)
+	}
+	newBitmap := BitmapName(x.ID, number)
+
+	// Targets: a new image per disk under a temporary name.
+	type diskRun struct {
+		target, node, tmp, file string
+		size                    uint64
+		job                     *qmp.Job
+		copied                  int64
+	}
+	var runs []*diskRun
+	var added []string
+	cleanup := func() {
+		bg := context.Background()
+		for _, r := range runs {
+			if r.job != nil {
+				_ = s.conn.JobCancel(bg, r.job.ID())
+			}
+		}
+		for _, n := range added {
+			_ = s.conn.BlockdevDel(bg, n)
+		}
+		for _, r := range runs {
+			_ = s.conn.BitmapRemove(bg, qmp.BlockDirtyBitmap{Node: s.disks[r.target].Node, Name: newBitmap})
+			os.Remove(r.tmp)
+		}
+	}
+	fail := func(err error) (*Point, error) {
+		cleanup()
+		return nil, err
+	}
+	for _, d := range vm.Disks {
+		size, err := virtualSize(d.Active)
+		if err != nil {
+			return fail(fmt.Errorf("VM %s disk %s: %w", vm.Name, d.Target, err))
+		}
+		file := FileName(d.Target, number)
+		r := &diskRun{target: d.Target, node: qmp.NodeName("backup", d.Target), tmp: tempName(dir, file), file: file, size: size}
+		runs = append(runs, r)
+		co := qcow2.CreateOptions{Size: size}
+		if p.Kind == Incremental {
+			co.BackingFile, co.BackingFormat = FileName(d.Target, last.Point), "qcow2"
+		}
+		if err := qcow2.Create(r.tmp, co); err != nil {
+			return fail(err)
+		}
+		abs, err := filepath.Abs(r.tmp)
+		if err != nil {
+			return fail(err)
+		}
+		if err := s.conn.BlockdevAdd(ctx, map[string]any{
+			"driver": "qcow2", "node-name": r.node,
+			"file": map[string]any{"driver": "file", "filename": abs},
+		}); err != nil {
+			return fail(fmt.Errorf("adding %s: %w", r.tmp, err))
+		}
+		added = append(added, r.node)
+		// A bitmap of this point's name is left by an interrupted run
+		// (the index never listed the point): it is not what it says.
+		for _, b := range bitmaps[d.Target] {
+			if b.Name == newBitmap {
+				if err := s.conn.BitmapRemove(ctx, qmp.BlockDirtyBitmap{Node: s.disks[d.Target].Node, Name: newBitmap}); err != nil {
+					return fail(fmt.Errorf("VM %s disk %s: removing the stale bitmap %s: %w", vm.Name, d.Target, newBitmap, err))
+				}
+			}
+		}
+	}
+
+	// One transaction: every copy starts, and every disk's new bitmap
+	// begins to record, at the same instant.
+	var actions []qmp.TransactionAction
+	for _, r := range runs {
+		sd := s.disks[r.target]
+		actions = append(actions, qmp.TransactionAction{Type: qmp.CmdBitmapAdd, Data: qmp.BlockDirtyBitmapAdd{Node: sd.Node, Name: newBitmap, Persistent: qmp.Bool(true)}})
+		b := qmp.BlockdevBackup{JobID: qmp.JobID("backup", r.target), Device: sd.Device, Target: r.node, Sync: qmp.SyncFull, Speed: opts.Speed}
+		if p.Kind == Incremental {
+			b.Sync, b.Bitmap, b.BitmapMode = qmp.SyncBitmap, BitmapName(x.ID, last.Point), qmp.BitmapModeNever
+		}
+		actions = append(actions, b.Action())
+	}
+	if err := s.conn.Transaction(ctx, actions, nil); err != nil {
+		return fail(fmt.Errorf("VM %s: starting the backup: %w", vm.Name, err))
+	}
+	for _, r := range runs {
+		if r.job, err = qmp.AttachJob(ctx, s.conn, qmp.JobID("backup", r.target)); err != nil {
+			return fail(err)
+		}
+	}
+	for _, r := range runs {
+		wo := qmp.WaitOptions{}
+		if opts.Progress != nil {
+			target := r.target
+			wo.Progress = func(cur, total int64) { opts.Progress(target, cur, total) }
+		}
+		res, err := r.job.Wait(ctx, wo)
+		r.job = nil
+		if err != nil {
+			return fail(fmt.Errorf("VM %s disk %s: backup: %w", vm.Name, r.target, err))
+		}
+		r.copied = res.TotalProgress
+	}
+	for _, r := range runs {
+		if err := s.conn.BlockdevDel(ctx, r.node); err != nil {
+			return fail(fmt.Errorf("closing %s: %w", r.tmp, err))
+		}
+		added = added[1:]
+	}
+
+	// The files: synced, renamed, summed; then the index.
+	for _, r := range runs {
+		if err := syncFile(r.tmp); err != nil {
+			return fail(err)
+		}
+	}
+	for _, r := range runs {
+		if err := os.Rename(r.tmp, filepath.Join(dir, r.file)); err != nil {
+			return fail(err)
+		}
+	}
+	if err := syncDir(dir); err != nil {
+		return fail(err)
+	}
+	for _, r := range runs {
+		name := filepath.Join(dir, r.file)
+		sum, err := fileSHA256(name)
+		if err != nil {
+			return fail(err)
+		}
+		st, err := os.Stat(name)
+		if err != nil {
+			return fail(err)
+		}
+		p.Disks = append(p.Disks, PointDisk{Target: r.target, File: r.file, Size: r.size, Bytes: st.Size(), Copied: r.copied, SHA256: sum})
+	}
+	x.Points = append(x.Points, *p)
+	if err := writeIndex(dir, x); err != nil {
+		// The renamed files are leftovers the next run removes; the new
+		// bitmaps are removed now.
+		for _, r := range runs {
+			os.Remove(filepath.Join(dir, r.file))
+		}
+		return fail(err)
+	}
+
+	// The point is stored: the bitmaps of earlier points go.
+	for _, r := range runs {
+		sd := s.disks[r.target]
+		for _, b := range bitmaps[r.target] {
+			if strings.HasPrefix(b.Name, BitmapPrefix(x.ID)) && b.Name != newBitmap {
+				if err := s.conn.BitmapRemove(ctx, qmp.BlockDirtyBitmap{Node: sd.Node, Name: b.Name}); err != nil {
+					opts.note("VM %s disk %s: removing the old bitmap %s: %v", vm.Name, r.target, b.Name, err)
+				}
+			}
+		}
+	}
+	closed = true
+	if err := s.close(); err != nil && !s.live {
+		opts.note("VM %s: the storage daemon did not quit cleanly (%v): the next backup may have to be full", vm.Name, err)
+	}
+	return p, nil
+}
+
+// checkFresh accepts a folder for a first backup: empty, or holding only
+// what an interrupted first backup left (removed later).
+func checkFresh(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		n := e.Name()
+		if n == LockName || pointFile.MatchString(n) || strings.HasPrefix(n, ".") && strings.HasSuffix(n, ".tmp") {
+			continue
+		}
+		return fmt.Errorf("%s is not empty and has no %s: not a backup folder (%s)", dir, IndexName, n)
+	}
+	return nil
+}
+
+// fullReason says why the next point must be full, or "" if it can be
+// incremental: the previous point's bitmap must be on every disk's active
+// image, recording and consistent, and the disks as they were.
+func fullReason(dir string, x *Index, vm *chain.VM, bitmaps map[string][]qmp.DirtyBitmapInfo, full bool) string {
+	last := x.Last()
+	switch {
+	case last == nil:
+		return "first point in this folder"
+	case full:
+		return "asked for (--full)"
+	case len(last.Disks) != len(vm.Disks):
+		return fmt.Sprintf("the VM has %d disks, point %d had %d", len(vm.Disks), last.Point, len(last.Disks))
+	}
+	want := BitmapName(x.ID, last.Point)
+	for _, d := range vm.Disks {
+		ld := last.Disk(d.Target)
+		if ld == nil {
+			return fmt.Sprintf("disk %s is not in point %d", d.Target, last.Point)
+		}
+		if _, err := os.Stat(filepath.Join(dir, ld.File)); err != nil {
+			return fmt.Sprintf("point %d's file %s is missing", last.Point, ld.File)
+		}
+		if size, err := virtualSize(d.Active); err != nil || size != ld.Size {
+			return fmt.Sprintf("disk %s changed size since point %d", d.Target, last.Point)
+		}
+		var found *qmp.DirtyBitmapInfo
+		for i, b := range bitmaps[d.Target] {
+			if b.Name == want {
+				found = &bitmaps[d.Target][i]
+			}
+		}
+		switch {
+		case found == nil:
+			return fmt.Sprintf("disk %s: its active image %s has no bitmap %s (a snapshot made a new image active since point %d, or qemu did not close the image)", d.Target, filepath.Base(d.Active), want, last.Point)
+		case found.Inconsistent:
+			return fmt.Sprintf("disk %s: bitmap %s is inconsistent (qemu did not close the image cleanly)", d.Target, want)
+		case !found.Recording:
+			return fmt.Sprintf("disk %s: bitmap %s is disabled", d.Target, want)
+		case found.Busy:
+			return fmt.Sprintf("disk %s: bitmap %s is in use by another job", d.Target, want)
+		}
+	}
+	return ""
+}
+
+// virtualSize is the guest size of an image.
+func virtualSize(name string) (uint64, error) {
+	c, err := qcow2.OpenChain(name, qcow2.ChainOptions{NoBacking: true, NoDataFile: true})
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	return c.Size(), nil
+}

@@ -1,0 +1,42 @@
+// Package backup keeps backup folders of the snapshot manager's VMs: one
+// folder (DIR) holds points in time of every disk of one VM, the first a
+// full copy and the next ones incrementals, each a qcow2 overlay of the
+// previous point, so that any point opens directly in QEMU.
+//
+// Layout of DIR: per disk target T and point number N a file T.N.qcow2
+// whose backing file is T.M.qcow2 (M the previous point, recorded as that
+// relative name) or none for a full point, and backup.json, the Index: the
+// VM's name, DIR's id, the disks and the points, each with its time, its
+// kind and per disk the file's size, the bytes the job copied and the
+// file's sha256. Files are complete or absent: they are written under
+// temporary names, synced and renamed, and backup.json is replaced
+// atomically after them; whatever an interrupted run left is removed by
+// the next one, which says so.
+//
+// Incrementals come from persistent dirty bitmaps on each disk's active
+// image, one per DIR: BitmapName(id, N) records the writes since point N
+// began. A backup starts, in one QMP transaction, the copy of every disk
+// (blockdev-backup: full, or incremental with the previous point's bitmap
+// and bitmap-mode never) and adds the bitmap of the new point, so no write
+// falls between two points; the previous bitmap is removed once the new
+// point is stored. The transaction runs in the VM's qemu when its monitor
+// answers (live), otherwise in a private qemu-storage-daemon (offline).
+// A disk whose active image lacks the expected bitmap (a snapshot made a
+// new overlay active, qemu was killed and left it inconsistent, an
+// interrupted run) gets a full point, and Create says why.
+//
+// Restore writes a standalone image per disk; Merge folds the oldest
+// points into the oldest point kept (block-stream on a storage daemon);
+// Verify checks every file with qchain's check, the chains and the
+// checksums.
+//
+// # Security
+//
+// DIR's content is untrusted input: backup.json is read with a size limit
+// and checked (names, counts, point numbers, checksums) before use, file
+// names are derived from checked targets and numbers rather than taken
+// from the index, and every chain in DIR is opened confined to DIR
+// (qcow2.ChainOptions.Root), so a backing name cannot reach outside it.
+// Images are checked with qchain's reader before a storage daemon opens
+// them.
+package backup

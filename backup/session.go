@@ -1,0 +1,143 @@
+package backup
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/qchain/qchain/chain"
+	"github.com/qchain/qchain/qcow2"
+	"github.com/qchain/qchain/qmp"
+)
+
+// session is a QMP monitor that has every disk of a VM open: the VM's own
+// qemu (live) or a private qemu-storage-daemon (offline).
+type session struct {
+	conn   *qmp.Conn
+	live   bool
+	daemon *qmp.StorageDaemon
+	disks  map[string]sessionDisk
+}
+
+// sessionDisk is how the monitor names one disk.
+type sessionDisk struct {
+	// Device is what blockdev-backup's device names: the -drive id or
+	// the top node.
+	Device string
+	// Node is the top format node, where the bitmaps are.
+	Node string
+}
+
+// daemonStartTimeout bounds the start of a storage daemon.
+const daemonStartTimeout = 30 * time.Second
+
+// openSession connects to the VM's qemu when its monitor answers, and
+// checks that it writes to the images the metadata names; otherwise it
+// starts a storage daemon on the disks' chains (their active images
+// writable, for the bitmaps).
+func openSession(ctx context.Context, vm *chain.VM, storageDaemon string) (*session, error) {
+	if vm.QMP != "" {
+		if conn, err := chain.DialVM(ctx, vm); err == nil {
+			s := &session{conn: conn, live: true, disks: map[string]sessionDisk{}}
+			if err := s.liveDisks(ctx, vm); err != nil {
+				conn.Close()
+				return nil, err
+			}
+			return s, nil
+		}
+	}
+	s := &session{disks: map[string]sessionDisk{}}
+	var blockdevs []any
+	for i, d := range vm.Disks {
+		if err := qcow2.CheckNotInUse(d.Active); err != nil {
+			return nil, fmt.Errorf("VM %s disk %s: %w (a qemu that is not the VM's monitor %q has it open?)", vm.Name, d.Target, err, vm.QMP)
+		}
+		bds, err := chain.DaemonBlockdevs(d.Active, 0)
+		if err != nil {
+			return nil, fmt.Errorf("VM %s disk %s: %w", vm.Name, d.Target, err)
+		}
+		prefix := fmt.Sprintf("d%d-", i)
+		for _, bd := range bds {
+			m, ok := bd.(map[string]any)
+			if !ok {
+				return nil, fmt.Errorf("internal error: blockdev %T", bd)
+			}
+			m["node-name"] = prefix + m["node-name"].(string)
+			if b, ok := m["backing"].(string); ok {
+				m["backing"] = prefix + b
+			}
+			blockdevs = append(blockdevs, m)
+		}
+		s.disks[d.Target] = sessionDisk{Device: prefix + "l0", Node: prefix + "l0"}
+	}
+	sctx, cancel := context.WithTimeout(ctx, daemonStartTimeout)
+	defer cancel()
+	d, err := qmp.StartStorageDaemon(sctx, qmp.StorageDaemonOptions{Binary: storageDaemon, Blockdevs: blockdevs, DieWithParent: true})
+	if err != nil {
+		return nil, fmt.Errorf("VM %s: %w", vm.Name, err)
+	}
+	s.daemon, s.conn = d, d.Conn
+	return s, nil
+}
+
+// liveDisks finds the VM's disks in its running qemu.
+func (s *session) liveDisks(ctx context.Context, vm *chain.VM) error {
+	running, err := qmp.DiskChains(ctx, s.conn)
+	if err != nil {
+		return fmt.Errorf("VM %s: reading the running disks: %w", vm.Name, err)
+	}
+	for _, d := range vm.Disks {
+		rd := chain.RunningDisk(running, d.Target)
+		if rd == nil || len(rd.Chain) == 0 {
+			return fmt.Errorf("VM %s: the running qemu has no disk %s", vm.Name, d.Target)
+		}
+		if top := qmp.PlainFilename(rd.Chain[0].Filename); !chain.SameFile(top, d.Active) {
+			return fmt.Errorf("VM %s disk %s: the running qemu writes to %s, but the metadata says %s", vm.Name, d.Target, top, d.Active)
+		}
+		s.disks[d.Target] = sessionDisk{Device: rd.Name(), Node: rd.Chain[0].NodeName}
+	}
+	return nil
+}
+
+// close ends the session: an offline daemon quits, which stores the
+// persistent bitmaps into the images.
+func (s *session) close() error {
+	if s.daemon != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*qmp.DefaultQuitTimeout)
+		defer cancel()
+		return s.daemon.Close(ctx)
+	}
+	return s.conn.Close()
+}
+
+// bitmaps returns the bitmaps of each disk's top node, by target.
+func (s *session) bitmaps(ctx context.Context) (map[string][]qmp.DirtyBitmapInfo, error) {
+	byNode, err := s.conn.NodeBitmaps(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][]qmp.DirtyBitmapInfo{}
+	for t, d := range s.disks {
+		out[t] = byNode[d.Node]
+	}
+	return out, nil
+}
+
+// clearLeftovers removes a job with id left by an interrupted run in a
+// live qemu, and the target node it left (errors are ignored: what is
+// still in the way makes the next command fail with QEMU's message).
+func (s *session) clearLeftovers(ctx context.Context, jobID, node string) {
+	if info, err := qmp.FindJob(ctx, s.conn, jobID); err == nil {
+		if info.Status != "concluded" {
+			_ = s.conn.JobCancel(ctx, jobID)
+			for i := 0; i < 100; i++ {
+				if info, err = qmp.FindJob(ctx, s.conn, jobID); err != nil || info.Status == "concluded" {
+					break
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		}
+		_ = s.conn.JobDismiss(ctx, jobID)
+	}
+	_ = s.conn.BlockdevDel(ctx, node)
+}

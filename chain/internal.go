@@ -1,0 +1,276 @@
+package chain
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/qchain/qchain/chain/imagesnap"
+	"github.com/qchain/qchain/qcow2"
+	"github.com/qchain/qchain/qmp"
+)
+
+// Job ids of the internal snapshot jobs (one at a time per VM, under its
+// lock, so a rerun finds the job an interrupted one left).
+const (
+	internalSaveJob   = "qchain-snapshot-save"
+	internalLoadJob   = "qchain-snapshot-load"
+	internalDeleteJob = "qchain-snapshot-delete"
+)
+
+// CreateInternalCheckpoint takes checkpoint name of the running VM inside
+// its images: a qcow2 internal snapshot tagged name in every disk's
+// active image, the RAM and device state in the first one (QMP
+// snapshot-save, QEMU 6.0+: the vCPUs are stopped for the whole save).
+// No overlay is created; the snapshot's files are the active images.
+func (m *Manager) CreateInternalCheckpoint(vmName, name string, o CheckpointOptions) (*Snapshot, error) {
+	if err := validName("snapshot", name); err != nil {
+		return nil, err
+	}
+	if o.Live {
+		return nil, fmt.Errorf("an internal checkpoint cannot be live: QEMU stops the vCPUs for the whole save")
+	}
+	l, err := m.Store.Lock(vmName, false)
+	if err != nil {
+		return nil, err
+	}
+	defer l.Unlock()
+	vm := l.VM
+	if vm.Snapshot(name) != nil {
+		return nil, fmt.Errorf("VM %s already has a snapshot %s", vm.Name, name)
+	}
+	if err := Verify(vm); err != nil {
+		return nil, err
+	}
+	ex, done, err := m.liveExecutor(vm)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	if ex.Live == nil {
+		return nil, fmt.Errorf("VM %s is not running: a checkpoint with memory needs a running VM (qchain vm start %s)", vm.Name, vm.Name)
+	}
+	st, err := ex.Live.Conn.QueryStatus(m.ctx())
+	if err != nil {
+		return nil, fmt.Errorf("VM %s: %w", vm.Name, err)
+	}
+	step := Step{Kind: StepInternalSave, Tag: name, File: vm.Disks[0].Active, Why: "internal checkpoint " + name}
+	final := clone(vm)
+	snap := &Snapshot{Name: name, Parent: vm.Current, Created: m.now(), Description: o.Description, Internal: true,
+		Memory: &MemoryState{File: vm.Disks[0].Active, Format: MemoryInternal, Running: st.Running}}
+	for _, d := range vm.Disks {
+		if f := formatOf(d.Active); f != "qcow2" {
+			return nil, fmt.Errorf("VM %s disk %s: %s is %s: internal snapshots need qcow2", vm.Name, d.Target, d.Active, f)
+		}
+		if s := snapshotWithTag(vm, d.Active, name); s != "" {
+			return nil, fmt.Errorf("VM %s disk %s: %s already holds an internal snapshot %s", vm.Name, d.Target, d.Active, name)
+		}
+		step.Targets = append(step.Targets, d.Target)
+		step.Files = append(step.Files, d.Active)
+		snap.Disks = append(snap.Disks, SnapshotDisk{Target: d.Target, File: d.Active})
+	}
+	final.Snapshots = append(final.Snapshots, snap)
+	final.Current = name
+	j := &Journal{Op: "checkpoint", Snapshot: name, Started: m.now(), Live: true, Steps: []Step{step}, Final: final}
+	if err := l.run(j, ex, m.BeforeStep); err != nil {
+		var se *StepError
+		if errors.As(err, &se) && !hasTag(m.ctx(), ex.Live, step.Files[0], name) {
+			if derr := l.dropJournal(); derr == nil {
+				return nil, fmt.Errorf("VM %s: checkpoint %s not taken (nothing changed): %w", vm.Name, name, se.Cause())
+			}
+		}
+		return nil, err
+	}
+	return l.VM.Snapshot(name), nil
+}
+
+// snapshotWithTag names the internal snapshot of vm kept in file under
+// tag, or "".
+func snapshotWithTag(vm *VM, file, tag string) string {
+	for _, s := range vm.Snapshots {
+		if s.Internal && s.Name == tag && slices.ContainsFunc(s.Disks, func(d SnapshotDisk) bool { return same(d.File, file) }) {
+			return s.Name
+		}
+	}
+	return ""
+}
+
+// hasTag reports whether the running VM's image file holds internal
+// snapshot tag (as QEMU, which has it open, sees it).
+func hasTag(ctx context.Context, l *Live, file, tag string) bool {
+	var nodes []struct {
+		File  string `json:"file"`
+		Image struct {
+			Snapshots []struct {
+				Name string `json:"name"`
+			} `json:"snapshots"`
+		} `json:"image"`
+	}
+	if err := l.Conn.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true}, &nodes); err != nil {
+		return false
+	}
+	for _, n := range nodes {
+		if !same(qmp.PlainFilename(n.File), file) {
+			continue
+		}
+		for _, s := range n.Image.Snapshots {
+			if s.Name == tag {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// nodesOf returns the running VM's format node of each file.
+func (l *Live) nodesOf(ctx context.Context, files []string) ([]string, error) {
+	var out []string
+	for _, f := range files {
+		d, idx, err := l.diskFor(ctx, f)
+		if err != nil {
+			return nil, err
+		}
+		if d == nil {
+			return nil, fmt.Errorf("the running VM does not have %s open", f)
+		}
+		out = append(out, d.Chain[idx].NodeName)
+	}
+	return out, nil
+}
+
+// runJob starts a job (or attaches to the one an interrupted run left
+// under the same id) and waits for it.
+func (l *Live) runJob(ctx context.Context, js qmp.JobStarter, id string) error {
+	job, err := qmp.AttachJob(ctx, l.Conn, id)
+	if errors.Is(err, qmp.ErrJobNotFound) {
+		job, err = qmp.StartJob(ctx, l.Conn, js)
+	}
+	if err != nil {
+		return err
+	}
+	_, err = job.Wait(ctx, qmp.WaitOptions{})
+	return err
+}
+
+// internalSave runs StepInternalSave; run again it does nothing when the
+// tag is there already.
+func (l *Live) internalSave(ctx context.Context, s Step) error {
+	if hasTag(ctx, l, s.File, s.Tag) {
+		return nil
+	}
+	nodes, err := l.nodesOf(ctx, append([]string{s.File}, s.Files...))
+	if err != nil {
+		return err
+	}
+	return l.runJob(ctx, qmp.SnapshotSave{JobID: internalSaveJob, Tag: s.Tag, VMState: nodes[0], Devices: nodes[1:]}, internalSaveJob)
+}
+
+// internalDelete runs StepInternalDelete on the running VM's images.
+func (l *Live) internalDelete(ctx context.Context, s Step) error {
+	var files []string
+	for _, f := range s.Files {
+		if hasTag(ctx, l, f, s.Tag) {
+			files = append(files, f)
+		}
+	}
+	if len(files) == 0 {
+		return nil
+	}
+	nodes, err := l.nodesOf(ctx, files)
+	if err != nil {
+		return err
+	}
+	return l.runJob(ctx, qmp.SnapshotDelete{JobID: internalDeleteJob, Tag: s.Tag, Devices: nodes}, internalDeleteJob)
+}
+
+// internalDeleteOffline runs StepInternalDelete on images no process has
+// open.
+func (o *Offline) internalDeleteOffline(s Step) error {
+	for _, f := range s.Files {
+		snaps, err := imagesnap.List(f, "qcow2")
+		if err != nil {
+			return err
+		}
+		if !slices.ContainsFunc(snaps, func(i qcow2.SnapshotInfo) bool { return i.Name == s.Tag }) {
+			continue
+		}
+		if _, err := imagesnap.Delete(o.ctx(), f, s.Tag, imagesnap.Options{StorageDaemon: o.StorageDaemon}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// revertInternal reverts to internal checkpoint s: its images must still
+// be the disks' active images (a later external snapshot made them
+// read-only backing files). Whether the disks changed since s cannot be
+// measured inside an image, so o.Force is always required: the changes
+// since s are discarded. A running VM loads s with snapshot-load; a
+// stopped one is started with -loadvm.
+func (m *Manager) revertInternal(l *Locked, s *Snapshot, o RevertOptions) (*Plan, error) {
+	vm := l.VM
+	if err := Verify(vm); err != nil {
+		return nil, err
+	}
+	step := Step{Kind: StepInternalLoad, Tag: s.Name, File: s.Memory.File, Paused: o.Paused, Why: "the guest runs on from internal checkpoint " + s.Name}
+	for _, d := range vm.Disks {
+		if !same(s.File(d.Target), d.Active) {
+			return nil, fmt.Errorf("VM %s disk %s: internal checkpoint %s lives in %s, which is no longer the active image (%s): it can be reverted only while its images are active", vm.Name, d.Target, s.Name, s.File(d.Target), d.Active)
+		}
+		step.Targets = append(step.Targets, d.Target)
+		step.Files = append(step.Files, d.Active)
+	}
+	if !o.Force {
+		return nil, fmt.Errorf("VM %s: reverting to internal checkpoint %s discards whatever the disks took since it, which qchain cannot measure inside an image: revert with --force", vm.Name, s.Name)
+	}
+	live := m.Answers(vm)
+	if !live && len(vm.Command) == 0 {
+		return nil, fmt.Errorf("VM %s is not running and has no qemu command line: qchain cannot start it to load internal checkpoint %s", vm.Name, s.Name)
+	}
+	final := clone(vm)
+	final.Current = s.Name
+	p := &Plan{VM: vm.Name, Op: "revert", Snapshot: s.Name, Steps: []Step{step}, Final: final, Before: map[string]string{}, After: map[string]string{}}
+	j := &Journal{Op: "revert", Snapshot: s.Name, Started: m.now(), Steps: p.Steps, Final: final, Live: live}
+	ex, done, err := m.executor(vm)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	return p, l.run(j, &vmExecutor{ex: ex, m: m, final: final}, m.BeforeStep)
+}
+
+// internalLoad runs StepInternalLoad for vm.
+func (m *Manager) internalLoad(vm *VM, s Step, conn *qmp.Conn) error {
+	ctx := m.ctx()
+	if conn == nil {
+		c, err := m.dialStarted(vm)
+		if err != nil {
+			c, err = m.launch(vm, LaunchOptions{LoadVM: s.Tag, Paused: s.Paused}, 0)
+			if err != nil {
+				return err
+			}
+			c.Close()
+			return nil
+		}
+		defer c.Close()
+		conn = c
+	}
+	live := &Live{Conn: conn}
+	if s.Paused {
+		if err := conn.Stop(ctx); err != nil {
+			return err
+		}
+	}
+	nodes, err := live.nodesOf(ctx, append([]string{s.File}, s.Files...))
+	if err != nil {
+		return err
+	}
+	if err := live.runJob(ctx, qmp.SnapshotLoad{JobID: internalLoadJob, Tag: s.Tag, VMState: nodes[0], Devices: nodes[1:]}, internalLoadJob); err != nil {
+		return err
+	}
+	if s.Paused {
+		return nil
+	}
+	return live.resume(ctx)
+}
