@@ -265,7 +265,8 @@ func TestCheckpointCrashEveryStep(t *testing.T) {
 }
 
 // TestCheckpointQemuDies kills qemu while a checkpoint is being taken:
-// recover keeps a disk-only snapshot; and a VM without a command line (an
+// the checkpoint is rolled back, or recover keeps a disk-only snapshot;
+// either way every acknowledged record is in the VM's disk; and a VM without a command line (an
 // attached one) can take a checkpoint but not revert to it.
 func TestCheckpointQemuDies(t *testing.T) {
 	r := newCkRig(t, true)
@@ -290,10 +291,22 @@ func TestCheckpointQemuDies(t *testing.T) {
 	if _, err := r.m.Recover(r.name); err != nil {
 		t.Fatal(err)
 	}
+	// Two outcomes keep everything: qemu died before the disks switched
+	// (the checkpoint is rolled back, no snapshot), or at or after the
+	// switch (the disks' snapshot is kept, without memory). Which one
+	// depends on how far the save got when the kill landed.
 	vm := r.vm()
 	s := vm.Snapshot("c")
-	if s == nil || s.Memory != nil || Verify(vm) != nil {
-		t.Fatalf("recovered: snapshot %+v (want disk-only), verify %v", s, Verify(vm))
+	switch {
+	case strings.Contains(err.Error(), "not taken (nothing changed)"):
+		if s != nil {
+			t.Fatalf("rolled back, yet snapshot %+v exists", s)
+		}
+	case s == nil || s.Memory != nil:
+		t.Fatalf("recovered: snapshot %+v, want a disk-only one", s)
+	}
+	if err := Verify(vm); err != nil {
+		t.Fatal(err)
 	}
 	acked := uint64(0)
 	if c, err := guest.ReadConsoleLog(r.console, r.run, 0); err == nil {
