@@ -264,8 +264,19 @@ func run() int {
 		jobResults = append(jobResults, more...)
 	}
 
+	backupResults, ok := runBackupBench(*dir, qchain, *n, *quick, *timeout, selected, qemuVersion())
+	if !ok {
+		return 2
+	}
+
 	printTables(results, *n)
 	printJobTable(jobResults, jobRuns)
+	printBackupTable(backupResults, *n)
+	if m, f := backupFailed(backupResults); m {
+		mismatch = true
+	} else if f {
+		failed = true
+	}
 	for _, r := range jobResults {
 		if r.Verified == "MISMATCH" {
 			mismatch = true
