@@ -314,6 +314,11 @@ func runBackupBench(root, qchain string, runs int, quick bool, timeout time.Dura
 	}
 	if selected(restore.Name) {
 		fmt.Printf("\nbackup restore (point 2, %s):\n    %s\n    %s\n", what, shellQuote(restore.Qchain.Argv), shellQuote(restore.Other.Argv))
+		// What the last create run left goes first: at full size a
+		// point or a copy of 8 GiB, beside the restores' own.
+		for _, name := range []string{w.bk(), w.out()} {
+			os.RemoveAll(name)
+		}
 		if _, err := os.Stat(w.src()); err != nil {
 			restore.Failed = true
 			fmt.Println("    ERROR: no point 2 to restore (backup create failed)")

@@ -286,7 +286,7 @@ func run() int {
 	}
 	switch {
 	case mismatch:
-		fmt.Println("\nFAIL: MISMATCH: qchain's output or a block job's result differs from the reference (see above)")
+		fmt.Println("\nFAIL: MISMATCH: qchain's output, a block job's or a backup's result differs from the reference (see above)")
 		return 1
 	case failed:
 		fmt.Println("\nFAIL: a case could not be measured (see above)")
