@@ -264,8 +264,19 @@ func run() int {
 		jobResults = append(jobResults, more...)
 	}
 
+	backupResults, ok := runBackupBench(*dir, qchain, *n, *quick, *timeout, selected, qemuVersion())
+	if !ok {
+		return 2
+	}
+
 	printTables(results, *n)
 	printJobTable(jobResults, jobRuns)
+	printBackupTable(backupResults, *n)
+	if m, f := backupFailed(backupResults); m {
+		mismatch = true
+	} else if f {
+		failed = true
+	}
 	for _, r := range jobResults {
 		if r.Verified == "MISMATCH" {
 			mismatch = true
@@ -275,7 +286,7 @@ func run() int {
 	}
 	switch {
 	case mismatch:
-		fmt.Println("\nFAIL: MISMATCH: qchain's output or a block job's result differs from the reference (see above)")
+		fmt.Println("\nFAIL: MISMATCH: qchain's output, a block job's or a backup's result differs from the reference (see above)")
 		return 1
 	case failed:
 		fmt.Println("\nFAIL: a case could not be measured (see above)")
