@@ -508,6 +508,18 @@ func (m *Manager) revertCheckpoint(l *Locked, s *Snapshot, o RevertOptions) (*Pl
 			return nil, err
 		}
 		p.Notes = append(p.Notes, "the running VM was stopped (quit)")
+	} else if pids := qemuPIDs(vm); len(pids) > 0 {
+		// A qemu of the VM whose socket does not answer (one a killed
+		// qchain started): its state is discarded as well, and the
+		// checkpoint's qemu must be the VM's only one.
+		if err := m.killQemus(vm, 0); err != nil {
+			return nil, err
+		}
+		os.Remove(m.Store.pidPath(vm.Name))
+		if p, err = m.planRevert(vm, s, o.Force); err != nil {
+			return nil, err
+		}
+		p.Notes = append(p.Notes, fmt.Sprintf("a qemu of the VM that did not answer (pid %v) was killed", pids))
 	}
 	// The memory loads before any file is removed: a state QEMU cannot
 	// load is rolled back with nothing lost.
@@ -547,6 +559,10 @@ func (m *Manager) rollbackLoad(l *Locked, j *Journal) error {
 			return err
 		}
 	}
+	if err := m.killQemus(j.Final, 0); err != nil {
+		return err
+	}
+	os.Remove(m.Store.pidPath(j.Final.Name))
 	for _, s := range j.Steps {
 		if s.Kind == StepRemove && s.Done {
 			return fmt.Errorf("%s was removed", s.File)

@@ -47,22 +47,38 @@ func (st *Store) LogPath(name string) string { return filepath.Join(st.vmDir(nam
 
 // Process returns the state of the qemu qchain started for vm: running
 // while its pid file names a live process whose command line holds the
-// VM's QMP socket (so a pid reused by another program does not count).
+// VM's QMP socket (so a pid reused by another program does not count), or
+// else while a qemu with the -qmp option qchain gives the VM lives (one a
+// killed qchain started before it wrote the pid file).
 func (st *Store) Process(vm *VM) VMProcess {
 	p := VMProcess{Log: st.LogPath(vm.Name)}
+	if pid := st.pidFile(vm); pid > 0 {
+		p.Running, p.PID = true, pid
+		if fi, err := os.Stat(st.pidPath(vm.Name)); err == nil {
+			p.Started = fi.ModTime()
+		}
+		return p
+	}
+	if pids := qemuPIDs(vm); len(pids) > 0 {
+		p.Running, p.PID = true, pids[0]
+		if fi, err := os.Stat(fmt.Sprintf("/proc/%d", pids[0])); err == nil {
+			p.Started = fi.ModTime()
+		}
+	}
+	return p
+}
+
+// pidFile returns the live qemu the VM's pid file names, 0 when none.
+func (st *Store) pidFile(vm *VM) int {
 	b, err := os.ReadFile(st.pidPath(vm.Name))
 	if err != nil {
-		return p
+		return 0
 	}
 	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
 	if err != nil || pid <= 0 || !qemuAlive(pid, vm.QMP) {
-		return p
+		return 0
 	}
-	p.Running, p.PID = true, pid
-	if fi, err := os.Stat(st.pidPath(vm.Name)); err == nil {
-		p.Started = fi.ModTime()
-	}
-	return p
+	return pid
 }
 
 // qemuAlive reports whether pid is a live (not zombie) process whose
@@ -78,6 +94,99 @@ func qemuAlive(pid int, sock string) bool {
 	}
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	return err == nil && bytes.Contains(cmdline, []byte(qemuOptEscape(sock)))
+}
+
+// qmpOption is the -qmp option value qchain starts vm's qemu with.
+func qmpOption(vm *VM) string {
+	return "unix:" + qemuOptEscape(vm.QMP) + ",server=on,wait=off"
+}
+
+// qemuPIDs returns every live process whose command line holds the -qmp
+// option qchain starts vm's qemu with: all the qemus qchain started for
+// the VM, with a pid file or not (a qchain killed between starting qemu
+// and writing the pid file leaves one without), reachable through the
+// socket's path or not (a later qemu takes the path over).
+func qemuPIDs(vm *VM) []int {
+	if vm.QMP == "" {
+		return nil
+	}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	opt := []byte(qmpOption(vm))
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid <= 0 || pid == os.Getpid() {
+			continue
+		}
+		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil {
+			continue
+		}
+		args := bytes.Split(cmdline, []byte{0})
+		for i := 1; i < len(args); i++ {
+			if bytes.Equal(args[i], opt) && string(args[i-1]) == "-qmp" {
+				if qemuAlive(pid, vm.QMP) {
+					pids = append(pids, pid)
+				}
+				break
+			}
+		}
+	}
+	return pids
+}
+
+// killQemus kills (SIGKILL) every qemu of vm but keep and waits for them
+// to exit: qemus a killed qchain left beside the one the VM runs in.
+func (m *Manager) killQemus(vm *VM, keep int) error {
+	var left []int
+	for _, pid := range qemuPIDs(vm) {
+		if pid != keep {
+			syscall.Kill(pid, syscall.SIGKILL)
+			left = append(left, pid)
+		}
+	}
+	for _, pid := range left {
+		if !waitExit(pid, vm.QMP, quitTimeout) {
+			return fmt.Errorf("VM %s: qemu (pid %d) did not exit within %s of SIGKILL", vm.Name, pid, quitTimeout)
+		}
+	}
+	return nil
+}
+
+// waitExit waits up to d for qemu pid to exit (or become a zombie).
+func waitExit(pid int, sock string, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for qemuAlive(pid, sock) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return true
+}
+
+// adopt makes the qemu at the other end of conn the VM's: the pid file
+// names it, and every other qemu of the VM is killed. A qchain killed while
+// it started qemu may leave one without a pid file, or one whose socket
+// path a second one took over.
+func (m *Manager) adopt(vm *VM, conn *qmp.Conn) error {
+	pid, err := conn.PeerPID()
+	if err != nil {
+		return fmt.Errorf("VM %s: which qemu answers on %s: %w", vm.Name, vm.QMP, err)
+	}
+	if !qemuAlive(pid, vm.QMP) {
+		// Not one qchain started: leave it and its pid file alone.
+		return nil
+	}
+	if m.Store.pidFile(vm) != pid {
+		if err := writeAtomic(m.Store.pidPath(vm.Name), []byte(strconv.Itoa(pid)+"\n")); err != nil {
+			return err
+		}
+	}
+	return m.killQemus(vm, pid)
 }
 
 // StartOptions configure StartVM.
@@ -161,6 +270,18 @@ func (m *Manager) launch(vm *VM, lo LaunchOptions, timeout time.Duration) (*qmp.
 		conn, err := qmp.Dial(dctx, vm.QMP, qmp.Options{})
 		dcancel()
 		if err == nil {
+			if pid, perr := conn.PeerPID(); perr != nil || pid != cmd.Process.Pid {
+				// Another process took the socket's path over: never two
+				// qemus of one VM.
+				conn.Close()
+				cmd.Process.Kill()
+				<-exited
+				os.Remove(m.Store.pidPath(vm.Name))
+				if perr != nil {
+					return nil, fmt.Errorf("VM %s: which qemu answers on %s: %w (qemu killed)", vm.Name, vm.QMP, perr)
+				}
+				return nil, fmt.Errorf("VM %s: another process (pid %d) answers on its QMP socket %s, not the qemu started (qemu killed)", vm.Name, pid, vm.QMP)
+			}
 			return conn, nil
 		}
 		select {
@@ -221,10 +342,16 @@ func (m *Manager) stopQemu(vm *VM, o StopOptions) error {
 		return fmt.Errorf("VM %s %w", vm.Name, errNotRunning)
 	}
 	defer conn.Close()
+	// The qemu that answers, by its pid: the socket closes before the
+	// process has exited, and the pid file may name another one.
+	pid, err := conn.PeerPID()
+	if err != nil {
+		return fmt.Errorf("VM %s: which qemu answers on %s: %w", vm.Name, vm.QMP, err)
+	}
 	gone := func() bool {
 		select {
 		case <-conn.Done():
-			return !p.Running || !qemuAlive(p.PID, vm.QMP)
+			return !processAlive(pid)
 		default:
 			return false
 		}
@@ -243,6 +370,14 @@ func (m *Manager) stopQemu(vm *VM, o StopOptions) error {
 		}
 		return gone()
 	}
+	stopped := func() error {
+		// Any other qemu of the VM (a killed qchain's) goes too.
+		if err := m.killQemus(vm, 0); err != nil {
+			return err
+		}
+		os.Remove(m.Store.pidPath(vm.Name))
+		return nil
+	}
 	if !o.Force {
 		if o.Timeout <= 0 {
 			o.Timeout = DefaultStopTimeout
@@ -251,18 +386,26 @@ func (m *Manager) stopQemu(vm *VM, o StopOptions) error {
 			return fmt.Errorf("VM %s: system_powerdown: %w", vm.Name, err)
 		}
 		if wait(o.Timeout) {
-			os.Remove(m.Store.pidPath(vm.Name))
-			return nil
+			return stopped()
 		}
 	}
-	if err := conn.Quit(m.ctx()); err != nil {
+	if err := conn.Quit(m.ctx()); err != nil && !qmp.IsClosed(err) {
 		return fmt.Errorf("VM %s: quit: %w", vm.Name, err)
 	}
 	if !wait(quitTimeout) {
-		return fmt.Errorf("VM %s: qemu did not exit within %s of quit", vm.Name, quitTimeout)
+		return fmt.Errorf("VM %s: qemu (pid %d) did not exit within %s of quit", vm.Name, pid, quitTimeout)
 	}
-	os.Remove(m.Store.pidPath(vm.Name))
-	return nil
+	return stopped()
+}
+
+// processAlive reports whether pid is a live process (not a zombie).
+func processAlive(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(stat, ')')
+	return i >= 0 && i+2 < len(stat) && stat[i+2] != 'Z'
 }
 
 // Answers reports whether the VM's QMP socket answers (a VM started by
@@ -279,12 +422,18 @@ func (m *Manager) Answers(vm *VM) bool {
 // dialStarted connects to the VM's monitor, waiting (up to
 // DefaultStartTimeout) while a qemu qchain started still starts: a qchain
 // killed right after launching it leaves one whose socket may not answer
-// yet. It fails when no such qemu runs.
+// yet, perhaps without a pid file. The qemu that answers is adopted (the
+// pid file names it) and any other of the VM killed. It fails when no
+// such qemu runs.
 func (m *Manager) dialStarted(vm *VM) (*qmp.Conn, error) {
 	deadline := time.Now().Add(DefaultStartTimeout)
 	for {
 		conn, err := DialVM(m.ctx(), vm)
 		if err == nil {
+			if err := m.adopt(vm, conn); err != nil {
+				conn.Close()
+				return nil, err
+			}
 			return conn, nil
 		}
 		if !m.Store.Process(vm).Running || time.Now().After(deadline) {

@@ -49,14 +49,15 @@ func defineGuestVM(t *testing.T, name, run string, delay time.Duration) *guestVM
 // kill ends the VM's qemu if a test left it running (it runs in a
 // session of its own and would outlive the test).
 func (g *guestVM) kill() {
-	b, err := os.ReadFile(filepath.Join(g.scEnv.state, "vms", g.name, "qemu.pid"))
-	if err != nil {
-		return
-	}
+	b, _ := os.ReadFile(filepath.Join(g.scEnv.state, "vms", g.name, "qemu.pid"))
 	if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 {
 		if cmdline, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline"); err == nil && strings.Contains(string(cmdline), g.scEnv.state) {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
+	}
+	// And any other qemu of the VM a failing test leaves.
+	for _, pid := range g.qemus() {
+		syscall.Kill(pid, syscall.SIGKILL)
 	}
 }
 
