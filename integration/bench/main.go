@@ -264,8 +264,17 @@ func run() int {
 		jobResults = append(jobResults, more...)
 	}
 
+	ckResults, ok := runCheckpointBench(qchain, *n, *quick, *timeout, selected, qemuVersion())
+	if !ok {
+		return 2
+	}
+
 	printTables(results, *n)
 	printJobTable(jobResults, jobRuns)
+	printCheckpointTable(ckResults, *n)
+	for _, r := range ckResults {
+		failed = failed || r.Err != nil
+	}
 	for _, r := range jobResults {
 		if r.Verified == "MISMATCH" {
 			mismatch = true
