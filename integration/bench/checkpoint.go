@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -85,6 +87,9 @@ type ckEnv struct {
 	timeout time.Duration
 	// external and internal say which operations the -run filter chose.
 	external, internal bool
+	// running is the state folder of the qchain run in progress, whose
+	// qemu an interrupted bench kills (it runs in a session of its own).
+	running *atomic.Pointer[string]
 }
 
 // runCheckpointBench measures the checkpoint cases the filter selects:
@@ -138,6 +143,25 @@ func runCheckpointBench(qchain string, runs int, quick bool, timeout time.Durati
 		return nil, false
 	}
 	defer os.RemoveAll(work)
+	// Interrupted, the bench stops the qemu qchain started before it
+	// exits (the direct client's qemu dies with the bench: Pdeathsig).
+	var running atomic.Pointer[string]
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	stop := make(chan struct{})
+	defer func() { signal.Stop(sigs); close(stop) }()
+	go func() {
+		select {
+		case sig := <-sigs:
+			if state := running.Load(); state != nil {
+				killStarted(*state, ckRun)
+			}
+			os.RemoveAll(work)
+			fmt.Fprintf(os.Stderr, "bench: %v: stopped\n", sig)
+			os.Exit(2)
+		case <-stop:
+		}
+	}()
 	fmt.Printf("- guest: %s, %s; records workload (one record every %v at most), fresh 64 MiB vda each run\n", f.Kernel, f.Initrd, ckDelay)
 	fmt.Printf("- work folder: %s (fresh state folder and disk each run, removed after it)\n", work)
 	warm := 1
@@ -148,7 +172,7 @@ func runCheckpointBench(qchain string, runs int, quick bool, timeout time.Durati
 	fmt.Println("- qchain: vm define + vm start (untimed define), snapshot create --memory, snapshot revert --force, snapshot create --internal, snapshot revert --force")
 	fmt.Println("- direct QMP client: qemu started by the bench with the command line qchain gives it; per operation a connection (greeting, qmp_capabilities) and the commands qchain sends, polling every 10 ms")
 	for _, p := range plans {
-		env := &ckEnv{qchain: qchain, fixture: f, mem: p.mem, work: work, timeout: timeout, external: p.external, internal: p.internal}
+		env := &ckEnv{qchain: qchain, fixture: f, mem: p.mem, work: work, timeout: timeout, external: p.external, internal: p.internal, running: &running}
 		r := &CheckpointResult{MemMiB: p.mem, Cases: p.cases}
 		results = append(results, r)
 		fmt.Printf("\n%d MiB guest:\n", p.mem)
@@ -318,9 +342,11 @@ func (e *ckEnv) qchainRun() (t [ckOps]time.Duration, err error) {
 	if _, err := q(append([]string{"vm", "define", "--disk", "vda=" + disk, ckRun, "--"}, cmd...)...); err != nil {
 		return t, err
 	}
+	e.running.Store(&state)
 	defer func() {
 		q("vm", "stop", "--force", ckRun)
 		killStarted(state, ckRun)
+		e.running.Store(nil)
 	}()
 	start := time.Now()
 	if _, err := q("vm", "start", ckRun); err != nil {

@@ -59,6 +59,8 @@ func (d *directVM) start(disk string, incoming bool) error {
 	defer logf.Close()
 	d.proc = exec.Command(d.command[0], args...)
 	d.proc.Stdout, d.proc.Stderr = logf, logf
+	// Killed with the bench, should it be interrupted.
+	d.proc.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := d.proc.Start(); err != nil {
 		return err
 	}
