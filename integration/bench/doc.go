@@ -33,14 +33,35 @@
 //     times 64 KiB (within 5%). Each side's untimed run is checked: the
 //     point's kind, and qemu-img compare of every result with the disk.
 //     -quick: a 1 GiB disk with 128 MiB of data.
+//   - checkpoints (checkpoint.go, checkpointclient.go; `-run checkpoint`):
+//     the real test guest (fixtures/guest) with 256 MiB and 1 GiB of RAM
+//     (256 MiB only with -quick) running its records workload, defined
+//     with its command line and started by qchain vm start; qchain
+//     snapshot create --memory and snapshot revert --force of that
+//     checkpoint, then snapshot create --internal and its revert, each
+//     against a minimal QMP client in the bench that sends the commands
+//     qchain sends (migrate-set-capabilities, stop, getfd + migrate fd:,
+//     the blockdev-snapshot transaction at pre-switchover,
+//     migrate-continue, cont; for the revert quit, a new overlay, qemu
+//     with -S -incoming defer, getfd + migrate-incoming, cont;
+//     snapshot-save and snapshot-load jobs) to a qemu the bench starts
+//     with the command line qchain would give it: qchain's overhead under
+//     5% (judged on the fastest run of each side); the reverts are also
+//     set against a cold boot (qemu start to the console's READY line),
+//     and the internal revert must take under a second.
 //
 // Every timing warms the page cache with one untimed run of each tool, then
 // takes the median of -n runs, alternating the tools. The outputs of both
 // tools are compared once parsed (and byte for byte, reported only); a
 // parsed difference, or a different exit status, makes the command exit 1.
-// A missed speed or memory goal is reported, not fatal. Peak RSS is
-// measured through a launcher (launcher.go) so that the bench's own memory
-// does not leak into the tools' figures.
+// A missed speed or memory goal is reported, not fatal. The checkpoint
+// cases take one untimed run of each side (none with -quick), then -n
+// timed runs each, every run on a fresh disk and state folder (on
+// /dev/shm when it has room), waiting for the guest to acknowledge
+// records after each operation and refusing a boot after a revert; every
+// qemu they start is stopped at the end of its run, also on failure.
+// Peak RSS is measured through a launcher (launcher.go) so that the
+// bench's own memory does not leak into the tools' figures.
 //
 // Images are made with qemu-img create and qemu-io (fixed seeds) and cached
 // under -dir (env BENCH_DIR, default $TMPDIR/qchain-bench), one folder per

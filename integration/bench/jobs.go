@@ -622,6 +622,11 @@ func (q *qmpLines) do(name string, args any) (json.RawMessage, error) {
 	if _, err := q.conn.Write(append(b, '\n')); err != nil {
 		return nil, err
 	}
+	return q.reply(name)
+}
+
+// reply reads the answer to command name, skipping events.
+func (q *qmpLines) reply(name string) (json.RawMessage, error) {
 	for {
 		line, err := q.r.ReadBytes('\n')
 		if err != nil {

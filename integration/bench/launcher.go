@@ -31,6 +31,10 @@ const (
 // then writes "exit maxrss_kib wall_ns" to launcherFD.
 func launch() int {
 	report := os.NewFile(launcherFD, "report")
+	// Not passed on: a process the tool leaves running (the qemu of
+	// qchain vm start) would otherwise hold the report pipe open, and the
+	// bench would wait for its end as long as that process lives.
+	syscall.CloseOnExec(launcherFD)
 	var limit time.Duration
 	if _, err := fmt.Sscan(os.Getenv(launcherEnv), &limit); err != nil || limit <= 0 || len(os.Args) < 2 {
 		fmt.Fprintln(os.Stderr, "bench launcher: bad invocation")

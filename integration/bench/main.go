@@ -268,6 +268,10 @@ func run() int {
 	if !ok {
 		return 2
 	}
+	ckResults, ok := runCheckpointBench(qchain, *n, *quick, *timeout, selected, qemuVersion())
+	if !ok {
+		return 2
+	}
 
 	printTables(results, *n)
 	printJobTable(jobResults, jobRuns)
@@ -276,6 +280,10 @@ func run() int {
 		mismatch = true
 	} else if f {
 		failed = true
+	}
+	printCheckpointTable(ckResults, *n)
+	for _, r := range ckResults {
+		failed = failed || r.Err != nil
 	}
 	for _, r := range jobResults {
 		if r.Verified == "MISMATCH" {

@@ -1,0 +1,452 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/qchain/qchain/fixtures/guest"
+)
+
+// Checkpoint cases (issue 10): whole-VM checkpoints of the real test guest
+// (fixtures/guest) that qchain starts itself, through the CLI, against a
+// minimal QMP client in the bench sending the commands qchain sends
+// (chain/checkpoint.go, chain/internal.go) to a qemu started with the same
+// command line, and against a cold boot of the same guest to its READY
+// line. Each run starts from a fresh disk and a fresh state folder, and
+// every qemu started is stopped, also when a run fails.
+
+// internalRevertGoal is the issue's goal for reverting an internal
+// checkpoint of a running VM: well under a second.
+const internalRevertGoal = time.Second
+
+// ckRun is the guest's records workload: run id and the pause after each
+// record, which leaves the host's CPUs to qemu's migration thread.
+const (
+	ckRun   = "bench"
+	ckDelay = 20 * time.Millisecond
+)
+
+// ckWait bounds every wait for the guest (a boot under TCG, a few records).
+const ckWait = 3 * time.Minute
+
+// ckOp is one timed operation of a checkpoint run.
+type ckOp int
+
+const (
+	opBoot         ckOp = iota // qemu start to the READY line
+	opCreate                   // external checkpoint with memory
+	opRevert                   // revert to it, the VM running
+	opInternalSave             // internal checkpoint
+	opInternalLoad             // revert to it, the VM running
+	ckOps
+)
+
+// ckCase is one row of the checkpoint table.
+type ckCase struct {
+	Name string
+	Op   ckOp
+}
+
+// CheckpointResult is what the runs of one guest memory size gave: per
+// operation, qchain's and the direct client's timed runs.
+type CheckpointResult struct {
+	MemMiB         int
+	Cases          []ckCase
+	Qchain, Direct [ckOps]Sample
+	Err            error
+}
+
+// ckCases returns the rows for a guest of mem MiB.
+func ckCases(mem int) []ckCase {
+	g := fmt.Sprintf(", %d MiB guest", mem)
+	return []ckCase{
+		{"checkpoint: cold boot to READY (vm start vs qemu start)" + g, opBoot},
+		{"checkpoint create --memory (external), qchain vs direct QMP" + g, opCreate},
+		{"checkpoint revert (external), qchain vs direct QMP" + g, opRevert},
+		{"checkpoint create --internal, qchain vs direct QMP" + g, opInternalSave},
+		{"checkpoint revert (internal), qchain vs direct QMP" + g, opInternalLoad},
+	}
+}
+
+// ckEnv is what every run of one memory size shares.
+type ckEnv struct {
+	qchain  string
+	fixture *guest.Fixture
+	mem     int
+	work    string
+	timeout time.Duration
+	// external and internal say which operations the -run filter chose.
+	external, internal bool
+	// running is the state folder of the qchain run in progress, whose
+	// qemu an interrupted bench kills (it runs in a session of its own).
+	running *atomic.Pointer[string]
+}
+
+// runCheckpointBench measures the checkpoint cases the filter selects:
+// guests of 256 MiB and 1 GiB (256 MiB only with quick), one untimed run
+// of each side first (none with quick), then runs timed runs of each,
+// alternating which side goes first. ok is false when the guest cannot be
+// built.
+func runCheckpointBench(qchain string, runs int, quick bool, timeout time.Duration, selected func(string) bool, qemu string) (results []*CheckpointResult, ok bool) {
+	mems := []int{256, 1024}
+	if quick {
+		mems = mems[:1]
+	}
+	type plan struct {
+		mem                int
+		cases              []ckCase
+		external, internal bool
+	}
+	var plans []plan
+	for _, mem := range mems {
+		p := plan{mem: mem}
+		for _, c := range ckCases(mem) {
+			if !selected(c.Name) {
+				continue
+			}
+			p.cases = append(p.cases, c)
+			switch c.Op {
+			case opCreate, opRevert:
+				p.external = true
+			case opInternalSave, opInternalLoad:
+				p.internal = true
+			}
+		}
+		if len(p.cases) > 0 {
+			plans = append(plans, p)
+		}
+	}
+	if len(plans) == 0 {
+		return nil, true
+	}
+	fmt.Printf("\n## Checkpoints of the test guest (%s)\n", qemu)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	f, err := guest.Build(ctx)
+	cancel()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench: building the test guest:", err)
+		return nil, false
+	}
+	work, err := ckWorkDir(mems[len(plans)-1])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return nil, false
+	}
+	defer os.RemoveAll(work)
+	// Interrupted, the bench stops the qemu qchain started before it
+	// exits (the direct client's qemu dies with the bench: Pdeathsig).
+	var running atomic.Pointer[string]
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	stop := make(chan struct{})
+	defer func() { signal.Stop(sigs); close(stop) }()
+	go func() {
+		select {
+		case sig := <-sigs:
+			if state := running.Load(); state != nil {
+				killStarted(*state, ckRun)
+			}
+			os.RemoveAll(work)
+			fmt.Fprintf(os.Stderr, "bench: %v: stopped\n", sig)
+			os.Exit(2)
+		case <-stop:
+		}
+	}()
+	fmt.Printf("- guest: %s, %s; records workload (one record every %v at most), fresh 64 MiB vda each run\n", f.Kernel, f.Initrd, ckDelay)
+	fmt.Printf("- work folder: %s (fresh state folder and disk each run, removed after it)\n", work)
+	warm := 1
+	if quick {
+		warm = 0
+	}
+	fmt.Printf("- %d untimed run(s) of each side, then %d timed runs each, alternating which side goes first\n", warm, runs)
+	fmt.Println("- qchain: vm define + vm start (untimed define), snapshot create --memory, snapshot revert --force, snapshot create --internal, snapshot revert --force")
+	fmt.Println("- direct QMP client: qemu started by the bench with the command line qchain gives it; per operation a connection (greeting, qmp_capabilities) and the commands qchain sends, polling every 10 ms")
+	for _, p := range plans {
+		env := &ckEnv{qchain: qchain, fixture: f, mem: p.mem, work: work, timeout: timeout, external: p.external, internal: p.internal, running: &running}
+		r := &CheckpointResult{MemMiB: p.mem, Cases: p.cases}
+		results = append(results, r)
+		fmt.Printf("\n%d MiB guest:\n", p.mem)
+		for i := -warm; i < runs && r.Err == nil; i++ {
+			for k := 0; k < 2; k++ {
+				side := k
+				if i%2 != 0 {
+					side = 1 - k
+				}
+				run, what := env.qchainRun, "qchain"
+				if side == 1 {
+					run, what = env.directRun, "direct"
+				}
+				times, err := run()
+				if err != nil {
+					r.Err = fmt.Errorf("%s run: %w", what, err)
+					break
+				}
+				fmt.Printf("    %s run %d: %s\n", what, i+1, fmtOps(times, p.external, p.internal))
+				if i < 0 {
+					continue
+				}
+				dst := &r.Qchain
+				if side == 1 {
+					dst = &r.Direct
+				}
+				for op, d := range times {
+					if d > 0 {
+						dst[op].Walls = append(dst[op].Walls, d)
+					}
+				}
+			}
+		}
+		if r.Err != nil {
+			fmt.Printf("    ERROR: %v\n", r.Err)
+		}
+	}
+	return results, true
+}
+
+func fmtOps(t [ckOps]time.Duration, external, internal bool) string {
+	s := "boot " + t[opBoot].Round(time.Millisecond).String()
+	if external {
+		s += fmt.Sprintf(", create %v, revert %v", t[opCreate].Round(time.Millisecond), t[opRevert].Round(time.Millisecond))
+	}
+	if internal {
+		s += fmt.Sprintf(", internal save %v, load %v", t[opInternalSave].Round(time.Millisecond), t[opInternalLoad].Round(time.Millisecond))
+	}
+	return s
+}
+
+// ckWorkDir makes the folder the runs work in: on /dev/shm when it has
+// room for a disk and two memory states of a guest of mem MiB (the host
+// disk's write-back would add its own noise), else under $TMPDIR.
+func ckWorkDir(mem int) (string, error) {
+	need := uint64(3*mem+256) << 20
+	var st syscall.Statfs_t
+	if err := syscall.Statfs("/dev/shm", &st); err == nil && st.Bavail*uint64(st.Bsize) > need {
+		if d, err := os.MkdirTemp("/dev/shm", "qchain-bench-ck-"); err == nil {
+			return d, nil
+		}
+	}
+	return os.MkdirTemp("", "qchain-bench-ck-")
+}
+
+// vmCommand returns the guest's command line (binary first) with its
+// console appended to console.
+func (e *ckEnv) vmCommand(console string) ([]string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), ckWait)
+	defer cancel()
+	return guest.VMCommand(ctx, guest.Options{Fixture: e.fixture, MemoryMiB: e.mem,
+		Disks: []guest.Disk{{Path: "unused"}}, Workload: guest.Workload{Run: ckRun, Delay: ckDelay}}, console)
+}
+
+// newRunDir makes a fresh folder with an empty 64 MiB vda.qcow2.
+func (e *ckEnv) newRunDir(side string) (dir, disk string, err error) {
+	if dir, err = os.MkdirTemp(e.work, side+"-"); err != nil {
+		return "", "", err
+	}
+	disk = filepath.Join(dir, "vda.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", disk, "64M").CombinedOutput(); err != nil {
+		os.RemoveAll(dir)
+		return "", "", fmt.Errorf("qemu-img create: %v: %s", err, strings.TrimSpace(string(out)))
+	}
+	return dir, disk, nil
+}
+
+// consoleSize is how much the console log holds: where to read on from.
+func consoleSize(console string) int64 {
+	fi, err := os.Stat(console)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// waitReady polls the console from offset on for the READY line, every
+// few milliseconds (the cold boot is timed to it).
+func waitReady(console string, offset int64, exited <-chan struct{}) error {
+	deadline := time.Now().Add(ckWait)
+	for {
+		if c, err := guest.ReadConsoleLog(console, ckRun, offset); err == nil {
+			if c.Failed != "" {
+				return fmt.Errorf("guest: %s", c.Failed)
+			}
+			if c.Readies > 0 {
+				return nil
+			}
+		}
+		select {
+		case <-exited:
+			return errors.New("qemu exited before the guest was ready")
+		case <-time.After(5 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the guest was not ready within %s", ckWait)
+		}
+	}
+}
+
+// waitRunning waits until the guest acknowledged n records after offset,
+// and refuses a boot there: after a revert the guest must run on from the
+// restored RAM, not start again.
+func waitRunning(console string, offset int64, n int, afterRevert bool) error {
+	deadline := time.Now().Add(ckWait)
+	for {
+		c, err := guest.ReadConsoleLog(console, ckRun, offset)
+		if err == nil {
+			switch {
+			case c.Failed != "":
+				return fmt.Errorf("guest: %s", c.Failed)
+			case afterRevert && c.Readies > 0:
+				return errors.New("the guest booted after the revert: its memory was not restored")
+			case c.Ended != "":
+				return fmt.Errorf("the workload ended: %s", c.Ended)
+			case len(c.Acks) >= n:
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the guest did not acknowledge %d records within %s", n, ckWait)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// qchainRun is one run through the CLI: define and start the VM, wait
+// until it writes records, then take and revert the checkpoints, waiting
+// for records after each. The VM is stopped (killed if need be) at the
+// end.
+func (e *ckEnv) qchainRun() (t [ckOps]time.Duration, err error) {
+	dir, disk, err := e.newRunDir("qchain")
+	if err != nil {
+		return t, err
+	}
+	defer os.RemoveAll(dir)
+	state, console := filepath.Join(dir, "state"), filepath.Join(dir, "console.log")
+	cmd, err := e.vmCommand(console)
+	if err != nil {
+		return t, err
+	}
+	q := func(args ...string) (time.Duration, error) {
+		argv := append([]string{e.qchain, args[0], args[1], "--state-dir", state}, args[2:]...)
+		wall, _, err := runSteps(e.timeout, [][]string{argv})
+		return wall, err
+	}
+	if _, err := q(append([]string{"vm", "define", "--disk", "vda=" + disk, ckRun, "--"}, cmd...)...); err != nil {
+		return t, err
+	}
+	e.running.Store(&state)
+	defer func() {
+		q("vm", "stop", "--force", ckRun)
+		killStarted(state, ckRun)
+		e.running.Store(nil)
+	}()
+	start := time.Now()
+	if _, err := q("vm", "start", ckRun); err != nil {
+		return t, err
+	}
+	if err := waitReady(console, 0, nil); err != nil {
+		return t, err
+	}
+	t[opBoot] = time.Since(start)
+	if err := waitRunning(console, 0, 3, false); err != nil {
+		return t, err
+	}
+	if e.external {
+		if t[opCreate], err = q("snapshot", "create", "--memory", ckRun, "ext"); err != nil {
+			return t, err
+		}
+		if err := waitRunning(console, consoleSize(console), 3, false); err != nil {
+			return t, fmt.Errorf("after the checkpoint: %w", err)
+		}
+		if t[opRevert], err = q("snapshot", "revert", "--force", ckRun, "ext"); err != nil {
+			return t, err
+		}
+		if err := waitRunning(console, consoleSize(console), 3, true); err != nil {
+			return t, fmt.Errorf("after the revert: %w", err)
+		}
+	}
+	if e.internal {
+		if t[opInternalSave], err = q("snapshot", "create", "--internal", ckRun, "int"); err != nil {
+			return t, err
+		}
+		if err := waitRunning(console, consoleSize(console), 3, false); err != nil {
+			return t, fmt.Errorf("after the internal checkpoint: %w", err)
+		}
+		if t[opInternalLoad], err = q("snapshot", "revert", "--force", ckRun, "int"); err != nil {
+			return t, err
+		}
+		if err := waitRunning(console, consoleSize(console), 3, true); err != nil {
+			return t, fmt.Errorf("after the internal revert: %w", err)
+		}
+	}
+	return t, nil
+}
+
+// killStarted kills the qemu qchain started for vm in state when it still
+// runs (vm stop failed): it runs in a session of its own and would outlive
+// the bench. Only a process whose command line names the state folder is
+// killed.
+func killStarted(state, vm string) {
+	b, err := os.ReadFile(filepath.Join(state, "vms", vm, "qemu.pid"))
+	if err != nil {
+		return
+	}
+	var pid int
+	if _, err := fmt.Sscan(string(b), &pid); err != nil || pid <= 0 {
+		return
+	}
+	if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && strings.Contains(string(cmdline), state) {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
+
+// printCheckpointTable prints the checkpoint figures: medians, the
+// overhead judged on the fastest run of each side (as the block jobs',
+// noise only adds time), the revert against the cold boot.
+func printCheckpointTable(results []*CheckpointResult, runs int) {
+	if len(results) == 0 {
+		return
+	}
+	fmt.Printf("\n## Checkpoints (median of %d timed runs of each side; each run on a fresh disk and state folder)\n\n", runs)
+	fmt.Println("| case | qchain | direct QMP client | figure | goal | result |")
+	fmt.Println("|---|---:|---:|---|---:|---|")
+	for _, r := range results {
+		if r.Err != nil {
+			for _, c := range r.Cases {
+				fmt.Printf("| %s | - | - | - | - | ERROR |\n", c.Name)
+			}
+			continue
+		}
+		boot := r.Direct[opBoot].Median()
+		for _, c := range r.Cases {
+			q, d := &r.Qchain[c.Op], &r.Direct[c.Op]
+			if len(q.Walls) == 0 || len(d.Walls) == 0 {
+				fmt.Printf("| %s | - | - | not measured | - | - |\n", c.Name)
+				continue
+			}
+			ov := overhead(slices.Min(q.Walls), slices.Min(d.Walls))
+			figure := fmt.Sprintf("overhead %+.1f%% on the fastest runs (%v vs %v; medians %+.1f%%)", 100*ov,
+				slices.Min(q.Walls).Round(time.Millisecond), slices.Min(d.Walls).Round(time.Millisecond), 100*overhead(q.Median(), d.Median()))
+			goal, verdict := fmt.Sprintf("< %.0f%%", 100*overheadGoal), passMiss(ov < overheadGoal)
+			switch c.Op {
+			case opBoot:
+				figure, goal, verdict = "vm start + boot vs qemu start + boot (reference for the reverts)", "-", "-"
+			case opRevert:
+				figure += fmt.Sprintf("; %.1fx faster than the cold boot (%v)", float64(boot)/float64(q.Median()), boot.Round(time.Millisecond))
+			case opInternalLoad:
+				figure += fmt.Sprintf("; %.1fx faster than the cold boot (%v)", float64(boot)/float64(q.Median()), boot.Round(time.Millisecond))
+				goal += fmt.Sprintf("; < %v", internalRevertGoal)
+				verdict += "; " + passMiss(q.Median() < internalRevertGoal)
+			}
+			fmt.Printf("| %s | %s | %s | %s | %s | %s |\n", c.Name, fmtDur(q.Median()), fmtDur(d.Median()), figure, goal, verdict)
+		}
+	}
+}
