@@ -64,7 +64,7 @@ func snapshotCommand() *cli.Command {
 					&cli.BoolFlag{Name: "quiesce", Usage: "freeze the guest's file systems through its agent while switching"},
 					&cli.BoolFlag{Name: "memory", Usage: "a checkpoint of the running VM: its RAM and device state (in a file beside the disks) with every disk, from one instant"},
 					&cli.BoolFlag{Name: "live", Usage: "with --memory: copy the RAM while the guest runs; only the last part stops it"},
-					&cli.BoolFlag{Name: "internal", Usage: "a checkpoint with memory inside the qcow2 images (QMP snapshot-save, QEMU 6.0+), no overlay"},
+					&cli.BoolFlag{Name: "internal", Usage: "with --memory: keep the memory and the disks' state inside the qcow2 images (QMP snapshot-save, QEMU 6.0+), no overlay"},
 				},
 				Action: func(c *cli.Context) error {
 					a, err := args(c, "VM", "NAME")
@@ -73,6 +73,9 @@ func snapshotCommand() *cli.Command {
 					}
 					if c.Bool("live") && !c.Bool("memory") {
 						return fmt.Errorf("--live needs --memory")
+					}
+					if c.Bool("internal") && !c.Bool("memory") {
+						return fmt.Errorf("--internal without --memory (a disk-only internal snapshot of every disk) is not supported yet: add --memory for an internal checkpoint, or leave --internal out for external overlays")
 					}
 					if c.Bool("internal") {
 						if c.Bool("quiesce") {

@@ -215,7 +215,7 @@ func TestCheckpointGuest(t *testing.T) {
 	// An internal checkpoint: inside the active image, no overlay.
 	g.ok("vm", "start", "ck")
 	active := g.active("ck", "vda")
-	if out := g.ok("snapshot", "create", "--internal", "ck", "i1"); !strings.Contains(out, "Internal checkpoint i1 created") {
+	if out := g.ok("snapshot", "create", "--memory", "--internal", "ck", "i1"); !strings.Contains(out, "Internal checkpoint i1 created") {
 		t.Fatalf("snapshot create --internal said %q", out)
 	}
 	if info := g.ckInfo("i1"); !info.Internal || !info.Memory || info.Format != "internal" || info.Disks[0].File != active || g.active("ck", "vda") != active {

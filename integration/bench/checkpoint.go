@@ -374,7 +374,7 @@ func (e *ckEnv) qchainRun() (t [ckOps]time.Duration, err error) {
 		}
 	}
 	if e.internal {
-		if t[opInternalSave], err = q("snapshot", "create", "--internal", ckRun, "int"); err != nil {
+		if t[opInternalSave], err = q("snapshot", "create", "--memory", "--internal", ckRun, "int"); err != nil {
 			return t, err
 		}
 		if err := waitRunning(console, consoleSize(console), 3, false); err != nil {

@@ -38,7 +38,7 @@
 //     (256 MiB only with -quick) running its records workload, defined
 //     with its command line and started by qchain vm start; qchain
 //     snapshot create --memory and snapshot revert --force of that
-//     checkpoint, then snapshot create --internal and its revert, each
+//     checkpoint, then snapshot create --memory --internal and its revert, each
 //     against a minimal QMP client in the bench that sends the commands
 //     qchain sends (migrate-set-capabilities, stop, getfd + migrate fd:,
 //     the blockdev-snapshot transaction at pre-switchover,
