@@ -55,23 +55,12 @@ func (m *Manager) CreateCheckpoint(vmName, name string, o CheckpointOptions) (*S
 	if err := validName("snapshot", name); err != nil {
 		return nil, err
 	}
-	l, err := m.Store.Lock(vmName, false)
+	l, ex, release, err := m.openCreate(vmName, name)
 	if err != nil {
 		return nil, err
 	}
-	defer l.Unlock()
+	defer release()
 	vm := l.VM
-	if vm.Snapshot(name) != nil {
-		return nil, fmt.Errorf("VM %s already has a snapshot %s", vm.Name, name)
-	}
-	if err := Verify(vm); err != nil {
-		return nil, err
-	}
-	ex, done, err := m.liveExecutor(vm)
-	if err != nil {
-		return nil, err
-	}
-	defer done()
 	if ex.Live == nil {
 		return nil, fmt.Errorf("VM %s is not running: a checkpoint with memory needs a running VM (qchain vm start %s)", vm.Name, vm.Name)
 	}

@@ -18,23 +18,12 @@ func (m *Manager) CreateSnapshot(vmName, name, description string, quiesce bool)
 	if err := validName("snapshot", name); err != nil {
 		return nil, err
 	}
-	l, err := m.Store.Lock(vmName, false)
+	l, ex, release, err := m.openCreate(vmName, name)
 	if err != nil {
 		return nil, err
 	}
-	defer l.Unlock()
+	defer release()
 	vm := l.VM
-	if vm.Snapshot(name) != nil {
-		return nil, fmt.Errorf("VM %s already has a snapshot %s", vm.Name, name)
-	}
-	if err := Verify(vm); err != nil {
-		return nil, err
-	}
-	ex, done, err := m.liveExecutor(vm)
-	if err != nil {
-		return nil, err
-	}
-	defer done()
 	if quiesce && ex.Live == nil {
 		return nil, fmt.Errorf("VM %s: --quiesce needs a running VM (its QMP socket does not answer)", vm.Name)
 	}
@@ -129,4 +118,29 @@ func (m *Manager) rollbackCreate(l *Locked, j *Journal, live *Live) error {
 		}
 	}
 	return l.dropJournal()
+}
+
+// openCreate is the start every create shares (disk-only, checkpoint,
+// internal checkpoint): it locks the VM, checks that the name is free and
+// that the files are what the metadata says, and opens the executor (live
+// when the VM's qemu answers). release unlocks and closes.
+func (m *Manager) openCreate(vmName, name string) (l *Locked, ex *Offline, release func(), err error) {
+	if l, err = m.Store.Lock(vmName, false); err != nil {
+		return nil, nil, nil, err
+	}
+	vm := l.VM
+	if vm.Snapshot(name) != nil {
+		err = fmt.Errorf("VM %s already has a snapshot %s", vm.Name, name)
+	} else {
+		err = Verify(vm)
+	}
+	var done func()
+	if err == nil {
+		ex, done, err = m.liveExecutor(vm)
+	}
+	if err != nil {
+		l.Unlock()
+		return nil, nil, nil, err
+	}
+	return l, ex, func() { done(); l.Unlock() }, nil
 }
