@@ -557,14 +557,7 @@ func (m *Manager) rollbackLoad(l *Locked, j *Journal) error {
 			return fmt.Errorf("%s was removed", s.File)
 		}
 	}
-	for _, s := range j.Steps {
-		if s.Kind == StepCreateOverlay {
-			if err := os.Remove(s.File); err != nil && !os.IsNotExist(err) {
-				return err
-			}
-		}
-	}
-	return l.dropJournal()
+	return removeOverlaysAndJournal(l, j)
 }
 
 // copyFile replaces dst with a copy of src (temp file, fsync, rename),

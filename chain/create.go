@@ -110,6 +110,12 @@ func (m *Manager) rollbackCreate(l *Locked, j *Journal, live *Live) error {
 			return fmt.Errorf("%s is in use", s.File)
 		}
 	}
+	return removeOverlaysAndJournal(l, j)
+}
+
+// removeOverlaysAndJournal ends a rollback: the overlays the journal's
+// steps created are removed (a missing one is fine), then the journal.
+func removeOverlaysAndJournal(l *Locked, j *Journal) error {
 	for _, s := range j.Steps {
 		if s.Kind == StepCreateOverlay {
 			if err := os.Remove(s.File); err != nil && !os.IsNotExist(err) {

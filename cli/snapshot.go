@@ -77,26 +77,19 @@ func snapshotCommand() *cli.Command {
 					if c.Bool("internal") && !c.Bool("memory") {
 						return fmt.Errorf("--internal without --memory (a disk-only internal snapshot of every disk) is not supported yet: add --memory for an internal checkpoint, or leave --internal out for external overlays")
 					}
-					if c.Bool("internal") {
-						if c.Bool("quiesce") {
-							return fmt.Errorf("--quiesce and --internal exclude each other: a checkpoint with memory needs no frozen file systems")
-						}
-						s, err := manager(c).CreateInternalCheckpoint(a[0], a[1], chain.CheckpointOptions{Description: c.String("description"), Live: c.Bool("live")})
-						if err != nil {
-							return err
-						}
-						fmt.Fprintf(c.App.Writer, "Internal checkpoint %s created (memory in %s)\n", s.Name, s.Memory.File)
-						return nil
-					}
 					if c.Bool("memory") {
 						if c.Bool("quiesce") {
 							return fmt.Errorf("--quiesce and --memory exclude each other: a checkpoint with memory needs no frozen file systems")
 						}
-						s, err := manager(c).CreateCheckpoint(a[0], a[1], chain.CheckpointOptions{Description: c.String("description"), Live: c.Bool("live")})
+						create, kind := manager(c).CreateCheckpoint, "Checkpoint"
+						if c.Bool("internal") {
+							create, kind = manager(c).CreateInternalCheckpoint, "Internal checkpoint"
+						}
+						s, err := create(a[0], a[1], chain.CheckpointOptions{Description: c.String("description"), Live: c.Bool("live")})
 						if err != nil {
 							return err
 						}
-						fmt.Fprintf(c.App.Writer, "Checkpoint %s created (memory in %s)\n", s.Name, s.Memory.File)
+						fmt.Fprintf(c.App.Writer, "%s %s created (memory in %s)\n", kind, s.Name, s.Memory.File)
 						return nil
 					}
 					// SIGINT and SIGTERM cancel the create instead of
