@@ -239,7 +239,7 @@ func (l *Live) saveMemorySteps(ctx context.Context, s Step) error {
 	case sw:
 		return fmt.Errorf("%w (the migration is %s)", errMemoryLost, dashStatus(mi.Status))
 	default:
-		caps := []qmp.MigrationCapability{{Capability: qmp.CapPauseBeforeSwitchover, State: true}}
+		caps := []qmp.MigrationCapability{{Capability: qmp.CapPauseBeforeSwitchover, State: true}, {Capability: qmp.CapEvents, State: true}}
 		if ok, err := c.HasMigrateCapability(ctx, qmp.CapMappedRAM); err != nil {
 			return err
 		} else if ok {
@@ -415,15 +415,20 @@ func (m *Manager) loadMemory(vm *VM, s Step, conn *qmp.Conn) error {
 		if mi, err := conn.QueryMigrate(ctx); err != nil {
 			return fail(err)
 		} else if !migrating(mi.Status) && mi.Status != qmp.MigrationCompleted {
+			// MIGRATION events wake WaitMigration at the end of the load.
+			caps := []qmp.MigrationCapability{{Capability: qmp.CapEvents, State: true}}
 			if s.Format == MemoryMappedRAM {
 				if ok, err := conn.HasMigrateCapability(ctx, qmp.CapMappedRAM); err != nil {
 					return fail(err)
 				} else if !ok {
 					return fail(fmt.Errorf("the state was saved with %s (QEMU 9.0+), which this QEMU cannot load", qmp.CapMappedRAM))
 				}
-				if err := conn.MigrateSetCapabilities(ctx, []qmp.MigrationCapability{{Capability: qmp.CapMappedRAM, State: true}}); err != nil {
-					return fail(err)
-				}
+				caps = append(caps, qmp.MigrationCapability{Capability: qmp.CapMappedRAM, State: true})
+			}
+			if err := conn.MigrateSetCapabilities(ctx, caps); err != nil {
+				return fail(err)
+			}
+			if s.Format == MemoryMappedRAM {
 				if err := conn.MigrateIncoming(ctx, "file:"+s.File); err != nil {
 					return fail(err)
 				}

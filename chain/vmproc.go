@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/qchain/qchain/qmp"
+	"golang.org/x/sys/unix"
 )
 
 // Timeouts of the VM processes qchain starts and stops.
@@ -158,14 +159,47 @@ func (m *Manager) killQemus(vm *VM, keep int) error {
 
 // waitExit waits up to d for qemu pid to exit (or become a zombie).
 func waitExit(pid int, sock string, d time.Duration) bool {
-	deadline := time.Now().Add(d)
-	for qemuAlive(pid, sock) {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !qemuAlive(pid, sock) {
+		return true
 	}
-	return true
+	return waitPID(context.Background(), pid, d)
+}
+
+// waitPID waits up to d, or until ctx ends, for process pid to exit (or
+// become a zombie), and reports whether it did. It sleeps in poll(2) on a
+// pidfd, woken by the exit itself; where the kernel has no pidfd (before
+// 5.3) it looks every few milliseconds.
+func waitPID(ctx context.Context, pid int, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		if errors.Is(err, unix.ESRCH) {
+			return true
+		}
+		for processAlive(pid) {
+			if time.Now().After(deadline) || ctx.Err() != nil {
+				return false
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		return true
+	}
+	defer unix.Close(fd)
+	for {
+		// Short slices, so that ctx is seen within 100 ms.
+		left := min(time.Until(deadline), 100*time.Millisecond)
+		if left <= 0 || ctx.Err() != nil {
+			return !processAlive(pid)
+		}
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, int(left.Milliseconds())+1)
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			return !processAlive(pid)
+		}
+		if n > 0 {
+			return true
+		}
+	}
 }
 
 // adopt makes the qemu at the other end of conn the VM's: the pid file
@@ -259,6 +293,9 @@ func (m *Manager) launch(vm *VM, lo LaunchOptions, timeout time.Duration) (*qmp.
 	}
 	ctx, cancel := context.WithTimeout(m.ctx(), timeout)
 	defer cancel()
+	// The socket appears some milliseconds after the exec: dial soon and
+	// then less often (a revert's whole load can take less than 100 ms).
+	pause := time.Millisecond
 	for {
 		select {
 		case err := <-exited:
@@ -290,7 +327,8 @@ func (m *Manager) launch(vm *VM, lo LaunchOptions, timeout time.Duration) (*qmp.
 			<-exited
 			os.Remove(m.Store.pidPath(vm.Name))
 			return nil, fmt.Errorf("VM %s: qemu's QMP socket %s did not answer within %s (qemu killed): %v", vm.Name, vm.QMP, timeout, err)
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(pause):
+			pause = min(2*pause, dialPause)
 		}
 	}
 }
@@ -348,27 +386,18 @@ func (m *Manager) stopQemu(vm *VM, o StopOptions) error {
 	if err != nil {
 		return fmt.Errorf("VM %s: which qemu answers on %s: %w", vm.Name, vm.QMP, err)
 	}
-	gone := func() bool {
+	// Gone: the monitor closed, then the process exited.
+	wait := func(d time.Duration) bool {
+		t := time.NewTimer(d)
+		defer t.Stop()
 		select {
 		case <-conn.Done():
-			return !processAlive(pid)
-		default:
+		case <-t.C:
+			return false
+		case <-m.ctx().Done():
 			return false
 		}
-	}
-	wait := func(d time.Duration) bool {
-		deadline := time.Now().Add(d)
-		for time.Now().Before(deadline) {
-			if gone() {
-				return true
-			}
-			select {
-			case <-m.ctx().Done():
-				return false
-			case <-time.After(50 * time.Millisecond):
-			}
-		}
-		return gone()
+		return waitPID(m.ctx(), pid, quitTimeout)
 	}
 	stopped := func() error {
 		// Any other qemu of the VM (a killed qchain's) goes too.
@@ -427,6 +456,7 @@ func (m *Manager) Answers(vm *VM) bool {
 // such qemu runs.
 func (m *Manager) dialStarted(vm *VM) (*qmp.Conn, error) {
 	deadline := time.Now().Add(DefaultStartTimeout)
+	pause := time.Millisecond
 	for {
 		conn, err := DialVM(m.ctx(), vm)
 		if err == nil {
@@ -442,7 +472,12 @@ func (m *Manager) dialStarted(vm *VM) (*qmp.Conn, error) {
 		select {
 		case <-m.ctx().Done():
 			return nil, m.ctx().Err()
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(pause):
+			pause = min(2*pause, dialPause)
 		}
 	}
 }
+
+// dialPause is the longest pause between two dials of a starting qemu's
+// monitor.
+const dialPause = 25 * time.Millisecond

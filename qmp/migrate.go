@@ -157,14 +157,29 @@ func (e *MigrationError) Error() string {
 	return fmt.Sprintf("migration %s: %s", e.Status, e.Desc)
 }
 
-// migrationPoll is how often WaitMigration asks: QEMU sends no event
-// unless the migration events capability is on, and polling is the truth.
+// CapEvents makes QEMU send a MIGRATION event at every status change
+// (QEMU 2.4+). WaitMigration wakes on them; without them it polls.
+const CapEvents = "events"
+
+// migrationPoll is how often WaitMigration asks when no MIGRATION event
+// comes (the events capability is off): polling query-migrate is the
+// truth, events only say when to ask.
 const migrationPoll = 50 * time.Millisecond
 
-// WaitMigration polls query-migrate until the status is one of want, and
-// returns that status. A migration that failed or was cancelled (and is
-// not wanted) is a *MigrationError.
+// WaitMigration asks query-migrate until the status is one of want, and
+// returns that status; it asks again at every MIGRATION event (see
+// CapEvents) and at least every migrationPoll. A migration that failed or
+// was cancelled (and is not wanted) is a *MigrationError.
 func (c *Conn) WaitMigration(ctx context.Context, want ...string) (*MigrationInfo, error) {
+	// Subscribed before the first query, so no change falls between
+	// the query and the wait.
+	sub, err := c.Subscribe(ctx, "MIGRATION")
+	if err != nil {
+		return nil, err
+	}
+	defer sub.Close()
+	tick := time.NewTimer(migrationPoll)
+	defer tick.Stop()
 	for {
 		info, err := c.QueryMigrate(ctx)
 		if err != nil {
@@ -177,12 +192,14 @@ func (c *Conn) WaitMigration(ctx context.Context, want ...string) (*MigrationInf
 		case MigrationFailed, MigrationCancelled:
 			return info, &MigrationError{Status: info.Status, Desc: info.ErrorDesc}
 		}
+		tick.Reset(migrationPoll)
 		select {
 		case <-ctx.Done():
 			return info, fmt.Errorf("qmp: waiting for the migration (%s): %w", info.Status, ctx.Err())
 		case <-c.done:
 			return info, fmt.Errorf("qmp: waiting for the migration (%s): %w", info.Status, c.Err())
-		case <-time.After(migrationPoll):
+		case <-sub.C():
+		case <-tick.C:
 		}
 	}
 }

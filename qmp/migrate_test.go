@@ -115,3 +115,49 @@ func TestMigrateTruncated(t *testing.T) {
 	}
 	t.Logf("as expected: %v", err)
 }
+
+// TestMigrationEvents checks what WaitMigration relies on to wake
+// promptly: with CapEvents on, QEMU sends a MIGRATION event for each
+// status, completed included.
+func TestMigrationEvents(t *testing.T) {
+	c := startMachineNone(t)
+	ctx := testCtx(t, time.Minute)
+	if err := c.MigrateSetCapabilities(ctx, []MigrationCapability{{Capability: CapEvents, State: true}}); err != nil {
+		t.Fatal(err)
+	}
+	sub, err := c.Subscribe(ctx, "MIGRATION")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	f, err := os.Create(filepath.Join(t.TempDir(), "state"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := c.GetFd(ctx, "state", f); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Migrate(ctx, "fd:state"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.WaitMigration(ctx, MigrationCompleted); err != nil {
+		t.Fatal(err)
+	}
+	var seen []string
+	for len(seen) == 0 || seen[len(seen)-1] != MigrationCompleted {
+		select {
+		case ev := <-sub.C():
+			var d struct {
+				Status string `json:"status"`
+			}
+			if err := ev.DecodeData(&d); err != nil {
+				t.Fatal(err)
+			}
+			seen = append(seen, d.Status)
+		case <-ctx.Done():
+			t.Fatalf("no MIGRATION event with status completed; saw %v", seen)
+		}
+	}
+	t.Logf("events: %v", seen)
+}
