@@ -186,6 +186,9 @@ func (c *Conn) WaitMigration(ctx context.Context, want ...string) (*MigrationInf
 			return nil, err
 		}
 		if slices.Contains(want, info.Status) {
+			if info.Status == MigrationCompleted {
+				return info, c.waitFinishMigrate(ctx)
+			}
 			return info, nil
 		}
 		switch info.Status {
@@ -200,6 +203,29 @@ func (c *Conn) WaitMigration(ctx context.Context, want ...string) (*MigrationInf
 			return info, fmt.Errorf("qmp: waiting for the migration (%s): %w", info.Status, c.Err())
 		case <-sub.C():
 		case <-tick.C:
+		}
+	}
+}
+
+// waitFinishMigrate waits until the run state is no longer
+// "finish-migrate": an outgoing migration reports completed (and sends its
+// event) before its clean-up moves the VM to "postmigrate", and until
+// then cont fails with "Migration is not finalized yet". The clean-up
+// sends no event; it takes a few milliseconds.
+func (c *Conn) waitFinishMigrate(ctx context.Context) error {
+	pause := time.Millisecond
+	for {
+		st, err := c.QueryStatus(ctx)
+		if err != nil || st.Status != "finish-migrate" {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("qmp: waiting for the migration's clean-up: %w", ctx.Err())
+		case <-c.done:
+			return fmt.Errorf("qmp: waiting for the migration's clean-up: %w", c.Err())
+		case <-time.After(pause):
+			pause = min(2*pause, 20*time.Millisecond)
 		}
 	}
 }
