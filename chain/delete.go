@@ -307,6 +307,11 @@ func (m *Manager) planMerge(vm, final *VM, p *Plan, s *Snapshot, target, merge s
 		commitLoss = mergeLoses(vm, target, s.Name, "commit", deps[0])
 	}
 	pullLoss := mergeLoses(vm, target, s.Name, "pull", fs)
+	for _, dep := range deps {
+		if pullLoss == nil {
+			pullLoss = pullChangesTags(vm, target, s.Name, dep, fs)
+		}
+	}
 	switch {
 	case useCommit && commitLoss != nil && (merge != MergeAuto || pullLoss != nil):
 		return commitLoss

@@ -285,3 +285,19 @@ func mergeLoses(vm *VM, target, snap, how, file string) error {
 	return fmt.Errorf("VM %s disk %s: cannot delete snapshot %s by %s: %s holds internal snapshots (%s), which the %s would take out of every chain; delete them first",
 		vm.Name, target, snap, how, file, strings.Join(tags, ", "), how)
 }
+
+// pullChangesTags refuses a pull into dep, which holds internal snapshots,
+// of its backing file fs that allocates data: the snapshots read what
+// they do not allocate through dep's backing file, which the pull
+// replaces by fs's (the pull copies into dep's current state only).
+func pullChangesTags(vm *VM, target, snap, dep, fs string) error {
+	tags, err := tagsIn(dep)
+	if err != nil || len(tags) == 0 {
+		return err
+	}
+	if changed, err := holdsChanges(fs); err != nil || !changed {
+		return err
+	}
+	return fmt.Errorf("VM %s disk %s: cannot delete snapshot %s by pull: %s holds internal snapshots (%s), which read through its backing file %s, and the pull would change what they read; delete them first",
+		vm.Name, target, snap, dep, strings.Join(tags, ", "), fs)
+}
