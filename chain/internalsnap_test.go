@@ -426,4 +426,6 @@ func TestInternalSnapshotCrashEveryStep(t *testing.T) {
 	}
 }
 
-func isUnfinished(err error) bool { return err != nil && strings.Contains(err.Error(), ErrUnfinished.Error()) }
+func isUnfinished(err error) bool {
+	return err != nil && strings.Contains(err.Error(), ErrUnfinished.Error())
+}
