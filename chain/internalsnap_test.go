@@ -2,6 +2,9 @@ package chain
 
 import (
 	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -9,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/qchain/qchain/chain/imagesnap"
+	"github.com/qchain/qchain/qcow2"
 )
 
 // isRig is a stopped VM with two qcow2 disks (vda an overlay of a base
@@ -428,4 +432,113 @@ func TestInternalSnapshotCrashEveryStep(t *testing.T) {
 
 func isUnfinished(err error) bool {
 	return err != nil && strings.Contains(err.Error(), ErrUnfinished.Error())
+}
+
+// TestInternalSnapshotLive takes disk-only internal snapshots of a running
+// VM (drives, and -blockdev nodes behind devices): one transaction tags
+// both disks, the guest's later writes do not reach the snapshot, a
+// revert is refused while the VM runs, the force rule sees the writes,
+// and a delete removes the tags through the running qemu. An internal
+// snapshot under a later external one is refused a live delete.
+func TestInternalSnapshotLive(t *testing.T) {
+	for _, device := range []bool{false, true} {
+		t.Run(map[bool]string{false: "drive", true: "device"}[device], func(t *testing.T) {
+			need(t, "qemu-img", "qemu-io", "qemu-storage-daemon", "qemu-system-x86_64")
+			dir := t.TempDir()
+			m := &Manager{BeforeStep: testHook, Store: &Store{Dir: filepath.Join(dir, "state")}}
+			vda, vdb := filepath.Join(dir, "vda.qcow2"), filepath.Join(dir, "vdb.qcow2")
+			for _, f := range []string{vda, vdb} {
+				run(t, "qemu-img", "create", "-q", "-f", "qcow2", f, "8M")
+				write(t, f, 1, "0")
+			}
+			q := startLiveVMKind(t, map[string]string{"vda": vda, "vdb": vdb}, device)
+			if err := m.Store.Define(&VM{Name: "vm", QMP: q.qchain, Disks: []Disk{{Target: "vda", Active: vda}, {Target: "vdb", Active: vdb}}}); err != nil {
+				t.Fatal(err)
+			}
+			q.flush()
+			before := []string{sum(t, vda), sum(t, vdb)}
+			s, err := m.CreateInternalSnapshot("vm", "i1", "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !s.Internal || s.Memory != nil {
+				t.Fatalf("snapshot %+v", s)
+			}
+			for _, tg := range []string{"vda", "vdb"} {
+				if err := q.write(tg, guestOp{kind: "write", pattern: 9, off: 65536, length: 65536}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			q.flush()
+			for i, f := range []string{vda, vdb} {
+				tags, err := tagsIn(f)
+				if err != nil || !slices.Equal(tags, []string{"i1"}) {
+					t.Fatalf("%s holds %v (%v)", f, tags, err)
+				}
+				if got := snapSum(t, f, "i1"); got != before[i] {
+					t.Fatalf("%s: snapshot i1 reads differently from the disk when it was taken", f)
+				}
+				if sum(t, f) == before[i] {
+					t.Fatalf("%s: the write after the snapshot did not land", f)
+				}
+			}
+			_, err = m.Revert("vm", "i1", true)
+			wantErr(t, err, "VM vm is running", "stop it before reverting its disks")
+			_, err = m.CreateInternalSnapshot("vm", "i1x", "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := m.Delete("vm", "i1x", DeleteOptions{}, false); err != nil {
+				t.Fatal(err)
+			}
+			// An external snapshot over i1: its images are read-only
+			// backing files of the running VM now.
+			if _, err := m.CreateSnapshot("vm", "e1", "", false); err != nil {
+				t.Fatal(err)
+			}
+			_, err = m.Delete("vm", "i1", DeleteOptions{}, false)
+			wantErr(t, err, "internal snapshot i1", "read-only backing file", "stop the VM")
+			_, err = m.Revert("vm", "i1", true)
+			wantErr(t, err, "running")
+			// Deleting e1 commits into i1's images (a pull would drop them).
+			p, err := m.Delete("vm", "e1", DeleteOptions{}, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(p.Steps) == 0 || p.Steps[0].Kind != StepCommit {
+				t.Fatalf("e1 not deleted by commit: %+v", p.Steps)
+			}
+			if _, err := m.Delete("vm", "i1", DeleteOptions{}, false); err != nil {
+				t.Fatal(err)
+			}
+			for _, f := range []string{vda, vdb} {
+				if tags, _ := tagsIn(f); len(tags) != 0 {
+					t.Fatalf("%s holds %v after the delete", f, tags)
+				}
+			}
+			vm, _ := m.Store.Load("vm")
+			if vm.Current != "" || len(vm.Snapshots) != 0 {
+				t.Fatalf("after the deletes: %+v", vm)
+			}
+		})
+	}
+}
+
+// snapSum is the guest view of internal snapshot tag of file.
+func snapSum(t *testing.T, file, tag string) string {
+	t.Helper()
+	c, err := qcow2.OpenChain(file, qcow2.ChainOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	v, err := c.WithSnapshot(tag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, io.NewSectionReader(v, 0, int64(v.Size()))); err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("%x", h.Sum(nil))
 }
