@@ -108,6 +108,22 @@ func TestInternalSnapshotGuest(t *testing.T) {
 	if out := g.ok("snapshot", "list", "--output=json", "is"); strings.TrimSpace(out) != "[]" {
 		t.Fatalf("snapshot list after the delete: %s", out)
 	}
+
+	// An internal checkpoint of the paused guest: its VM state lies past
+	// the disk in the image's tables, and does not count as a change of
+	// the disk, so the revert needs no --force; once the guest wrote, it
+	// does.
+	g.ok("vm", "start", "--paused", "is")
+	g.ok("snapshot", "create", "--memory", "--internal", "is", "m1")
+	wantKindJSON(t, g.ok("snapshot", "info", "--output=json", "is", "m1"), true, true)
+	g.ok("snapshot", "revert", "--paused", "is", "m1")
+	off = g.consoleSize()
+	g.ok("snapshot", "revert", "is", "m1")
+	g.waitAck(off, 3)
+	g.failsRunning([]string{"holds changes no snapshot keeps", "--force"}, "snapshot", "revert", "is", "m1")
+	g.ok("vm", "stop", "--force", "is")
+	g.ok("snapshot", "delete", "is", "m1")
+	wantTag(t, active, "m1", false)
 }
 
 // TestInternalSnapshotCLI drives disk-only internal snapshots of a
