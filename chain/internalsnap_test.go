@@ -10,9 +10,11 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/qchain/qchain/chain/imagesnap"
 	"github.com/qchain/qchain/qcow2"
+	"github.com/qchain/qchain/qmp"
 )
 
 // isRig is a stopped VM with two qcow2 disks (vda an overlay of a base
@@ -484,6 +486,41 @@ func TestInternalSnapshotLive(t *testing.T) {
 			}
 			_, err = m.Revert("vm", "i1", true)
 			wantErr(t, err, "VM vm is running", "stop it before reverting its disks")
+
+			// A create stopped before its step, and one stopped after
+			// one disk alone was tagged: Recover takes every tag at one
+			// instant (the lone tag is taken again with the others).
+			for _, partial := range []bool{false, true} {
+				name := map[bool]string{false: "c0", true: "c1"}[partial]
+				stopped, err := runCrashing(t, func() error {
+					if partial {
+						setStepHook(t, func(_ string, i int, _ Step) {
+							ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+							defer cancel()
+							if err := q.conn.BlockdevSnapshotInternalSync(ctx, qmp.BlockdevSnapshotInternal{Device: q.rootOf("vda"), Name: name}); err != nil {
+								t.Fatal(err)
+							}
+							panic(crashSentinel{i})
+						})
+					}
+					_, err := m.CreateInternalSnapshot("vm", name, "")
+					return err
+				}, 0)
+				if !stopped {
+					t.Fatalf("create %s did not stop: %v", name, err)
+				}
+				if _, err := m.Recover("vm"); err != nil {
+					t.Fatal(err)
+				}
+				for _, f := range []string{vda, vdb} {
+					if tags, _ := tagsIn(f); !slices.Equal(tags, []string{"i1", name}) {
+						t.Fatalf("after recovering create %s, %s holds %v", name, f, tags)
+					}
+				}
+				if _, err := m.Delete("vm", name, DeleteOptions{}, false); err != nil {
+					t.Fatal(err)
+				}
+			}
 			_, err = m.CreateInternalSnapshot("vm", "i1x", "")
 			if err != nil {
 				t.Fatal(err)
@@ -541,4 +578,13 @@ func snapSum(t *testing.T, file, tag string) string {
 		t.Fatal(err)
 	}
 	return fmt.Sprintf("%x", h.Sum(nil))
+}
+
+// rootOf is the name blockdev-snapshot-internal-sync takes for the
+// target's disk: the drive, or the root node behind the device.
+func (v *liveVM) rootOf(target string) string {
+	if v.device {
+		return target + "-orig"
+	}
+	return target
 }
