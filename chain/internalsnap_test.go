@@ -588,3 +588,46 @@ func (v *liveVM) rootOf(target string) string {
 	}
 	return target
 }
+
+// TestInternalSnapshotOfflineRollback: an offline create whose second
+// image is held by another process fails, and the tag already taken in
+// the first image is deleted again: nothing changed, no journal.
+func TestInternalSnapshotOfflineRollback(t *testing.T) {
+	r := newISRig(t)
+	vdb := r.vm().Disks[1].Active
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "qemu-io", "-r", "-f", "qcow2", vdb)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer stdin.Close()
+	for start := time.Now(); ; time.Sleep(20 * time.Millisecond) {
+		if busy, _ := qcow2.InUse(vdb); busy {
+			break
+		}
+		if time.Since(start) > 20*time.Second {
+			t.Fatal("qemu-io took no lock of the image")
+		}
+	}
+	_, err = r.m.CreateInternalSnapshot("vm", "i1", "")
+	wantErr(t, err, "internal snapshot i1 not taken (nothing changed)", "in use")
+	for _, d := range r.vm().Disks {
+		if tags := r.tags(d.Active); len(tags) != 0 {
+			t.Fatalf("%s holds %v after the failed create", d.Active, tags)
+		}
+	}
+	if vm := r.vm(); vm.Current != "" || len(vm.Snapshots) != 0 {
+		t.Fatalf("after the failed create: %+v", vm)
+	}
+	stdin.Close()
+	cmd.Wait()
+	if _, err := r.m.CreateInternalSnapshot("vm", "i1", ""); err != nil {
+		t.Fatalf("create after the failed one (no journal left): %v", err)
+	}
+}
