@@ -557,6 +557,25 @@ func TestInternalSnapshotLive(t *testing.T) {
 			if vm.Current != "" || len(vm.Snapshots) != 0 {
 				t.Fatalf("after the deletes: %+v", vm)
 			}
+
+			// A live create stopped before its step, then qemu gone:
+			// Recover takes the tags offline, at the state qemu left.
+			if stopped, err := runCrashing(t, func() error { _, err := m.CreateInternalSnapshot("vm", "gone", ""); return err }, 0); !stopped {
+				t.Fatalf("create did not stop: %v", err)
+			}
+			q.cmd.Process.Kill()
+			<-q.exited
+			if _, err := m.Recover("vm"); err != nil {
+				t.Fatal(err)
+			}
+			for _, f := range []string{vda, vdb} {
+				if tags, _ := tagsIn(f); !slices.Equal(tags, []string{"gone"}) {
+					t.Fatalf("after recovering with qemu gone, %s holds %v", f, tags)
+				}
+			}
+			if vm, _ := m.Store.Load("vm"); vm.Current != "gone" {
+				t.Fatalf("after the recover: current %q", vm.Current)
+			}
 		})
 	}
 }
