@@ -288,8 +288,13 @@ type SnapshotInfo struct {
 	NVRAM string `json:"nvram,omitempty"`
 }
 
-// Kind is "memory" for a checkpoint with memory, "disk" otherwise.
+// Kind is "memory" for a checkpoint with memory, "disk" for a disk-only
+// snapshot, each prefixed "internal-" when it lives inside the images
+// ("internal" alone for a disk-only internal snapshot).
 func (s SnapshotInfo) Kind() string {
+	if s.Internal && s.Memory {
+		return "internal-memory"
+	}
 	if s.Internal {
 		return "internal"
 	}

@@ -74,8 +74,11 @@ func TestInternalSnapshotGuest(t *testing.T) {
 		t.Fatalf("internal snapshot d1: %+v", info)
 	}
 	wantKindJSON(t, g.ok("snapshot", "info", "--output=json", "is", "d1"), true, false)
-	if out := g.ok("snapshot", "list", "is"); !strings.Contains(out, "internal") {
+	if out := g.ok("snapshot", "list", "is"); !strings.Contains(out, " internal ") {
 		t.Fatalf("snapshot list does not give the kind:\n%s", out)
+	}
+	if out := g.ok("snapshot", "info", "is", "d1"); !strings.Contains(out, "Kind:        internal\n") {
+		t.Fatalf("snapshot info does not give the kind:\n%s", out)
 	}
 	g.waitAck(0, c1.LastAck()+40)
 	g.failsRunning([]string{"VM is is running", "stop it before reverting its disks"}, "snapshot", "revert", "--force", "is", "d1")
@@ -116,6 +119,9 @@ func TestInternalSnapshotGuest(t *testing.T) {
 	g.ok("vm", "start", "--paused", "is")
 	g.ok("snapshot", "create", "--memory", "--internal", "is", "m1")
 	wantKindJSON(t, g.ok("snapshot", "info", "--output=json", "is", "m1"), true, true)
+	if out := g.ok("snapshot", "list", "is"); !strings.Contains(out, " internal-memory ") {
+		t.Fatalf("snapshot list does not give the kind:\n%s", out)
+	}
 	g.ok("snapshot", "revert", "--paused", "is", "m1")
 	off = g.consoleSize()
 	g.ok("snapshot", "revert", "is", "m1")
