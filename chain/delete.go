@@ -299,9 +299,10 @@ func (m *Manager) planMerge(vm, final *VM, p *Plan, s *Snapshot, target, merge s
 	case MergeAuto:
 		useCommit = commitOK && commitBytes <= pullBytes
 	}
-	// No merge may take a file that holds internal snapshots out of
-	// every chain: a commit removes the image above fs, a pull fs itself
-	// (both hold the internal snapshots' states only in their tables).
+	// No merge may lose internal snapshots: a commit removes the image
+	// above fs, a pull takes fs out of every chain, and a pull into an
+	// image changes the backing file its internal snapshots read through.
+	// auto takes the direction that keeps them, if one does.
 	var commitLoss error
 	if commitOK {
 		commitLoss = mergeLoses(vm, target, s.Name, "commit", deps[0])
