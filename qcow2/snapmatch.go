@@ -66,6 +66,9 @@ func sameL1(a, b []uint64, n uint64) bool {
 		}
 		return 0
 	}
+	// Past both tables every entry is empty (Open checked that the
+	// active table covers the disk, so this only bounds the loop).
+	n = min(n, uint64(max(len(a), len(b))))
 	for i := uint64(0); i < n; i++ {
 		if at(a, i) != at(b, i) {
 			return false
