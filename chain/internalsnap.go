@@ -17,8 +17,10 @@ import (
 // from one instant, and no overlay. A running VM takes it in one QMP
 // transaction of blockdev-snapshot-internal-sync actions (the guest runs
 // on); a stopped one has each image snapshotted offline (imagesnap.Create).
-// Raw disks and a tag one of the images holds already are refused.
-func (m *Manager) CreateInternalSnapshot(vmName, name, description string) (*Snapshot, error) {
+// Raw disks and a tag one of the images holds already are refused. With
+// quiesce the running VM's guest file systems are frozen through its
+// agent around the transaction.
+func (m *Manager) CreateInternalSnapshot(vmName, name, description string, quiesce bool) (*Snapshot, error) {
 	if err := validName("snapshot", name); err != nil {
 		return nil, err
 	}
@@ -28,6 +30,11 @@ func (m *Manager) CreateInternalSnapshot(vmName, name, description string) (*Sna
 	}
 	defer release()
 	vm := l.VM
+	if quiesce {
+		if err := checkQuiesce(vm, ex); err != nil {
+			return nil, err
+		}
+	}
 	step := Step{Kind: StepInternalSnapshot, Tag: name, Why: "internal snapshot " + name + " of every disk, no overlay"}
 	snap := &Snapshot{Name: name, Parent: vm.Current, Created: m.now(), Description: description, Internal: true}
 	for _, d := range vm.Disks {
@@ -49,13 +56,22 @@ func (m *Manager) CreateInternalSnapshot(vmName, name, description string) (*Sna
 	final.Snapshots = append(final.Snapshots, snap)
 	final.Current = name
 	j := &Journal{Op: "create", Snapshot: name, Started: m.now(), Live: ex.Live != nil, Steps: []Step{step}, Final: final}
-	if err := l.run(j, ex, m.BeforeStep); err != nil {
+	run := func() error {
+		err := l.run(j, ex, m.BeforeStep)
 		var se *StepError
 		if errors.As(err, &se) {
 			if rerr := m.rollbackInternalSnapshot(l, step, ex); rerr == nil {
-				return nil, fmt.Errorf("VM %s: internal snapshot %s not taken (nothing changed): %w", vm.Name, name, se.Cause())
+				return fmt.Errorf("VM %s: internal snapshot %s not taken (nothing changed): %w", vm.Name, name, se.Cause())
 			}
 		}
+		return err
+	}
+	if quiesce {
+		err = m.frozen(vm, run)
+	} else {
+		err = run()
+	}
+	if err != nil {
 		return nil, err
 	}
 	return l.VM.Snapshot(name), nil

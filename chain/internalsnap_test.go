@@ -118,7 +118,7 @@ func wantErr(t *testing.T, err error, parts ...string) {
 func TestInternalSnapshotOffline(t *testing.T) {
 	r := newISRig(t)
 	vm := r.vm()
-	s1, err := r.m.CreateInternalSnapshot("vm", "i1", "first")
+	s1, err := r.m.CreateInternalSnapshot("vm", "i1", "first", false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +147,7 @@ func TestInternalSnapshotOffline(t *testing.T) {
 	r.writeAll(7, "64k")
 	_, err = r.m.Revert("vm", "i1", false)
 	wantErr(t, err, "disk vda", "holds changes no snapshot keeps", "--force")
-	s2, err := r.m.CreateInternalSnapshot("vm", "i2", "")
+	s2, err := r.m.CreateInternalSnapshot("vm", "i2", "", false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,10 +176,10 @@ func TestInternalSnapshotOffline(t *testing.T) {
 	}
 
 	// Refusals: the name, a tag an image holds already, a raw disk.
-	_, err = r.m.CreateInternalSnapshot("vm", "i1", "")
+	_, err = r.m.CreateInternalSnapshot("vm", "i1", "", false)
 	wantErr(t, err, "already has a snapshot i1")
 	run(t, "qemu-img", "snapshot", "-c", "foreign", r.vm().Disks[1].Active)
-	_, err = r.m.CreateInternalSnapshot("vm", "foreign", "")
+	_, err = r.m.CreateInternalSnapshot("vm", "foreign", "", false)
 	wantErr(t, err, "disk vdb", "already holds an internal snapshot foreign")
 	run(t, "qemu-img", "snapshot", "-d", "foreign", r.vm().Disks[1].Active)
 
@@ -221,7 +221,7 @@ func TestInternalSnapshotRaw(t *testing.T) {
 	if err := m.Store.Define(&VM{Name: "vm", Disks: []Disk{{Target: "vda", Active: q}, {Target: "vdb", Active: raw}}}); err != nil {
 		t.Fatal(err)
 	}
-	_, err := m.CreateInternalSnapshot("vm", "i", "")
+	_, err := m.CreateInternalSnapshot("vm", "i", "", false)
 	wantErr(t, err, "disk vdb", raw, "is raw", "need qcow2")
 	if tags, _ := tagsIn(q); len(tags) != 0 {
 		t.Fatalf("a refused create left tags %v", tags)
@@ -235,7 +235,7 @@ func TestInternalSnapshotRaw(t *testing.T) {
 func TestInternalSnapshotMixed(t *testing.T) {
 	r := newISRig(t)
 	base := r.vm().Disks[0].Active
-	if _, err := r.m.CreateInternalSnapshot("vm", "i1", ""); err != nil {
+	if _, err := r.m.CreateInternalSnapshot("vm", "i1", "", false); err != nil {
 		t.Fatal(err)
 	}
 	sumsI1 := r.sums()
@@ -244,7 +244,7 @@ func TestInternalSnapshotMixed(t *testing.T) {
 	}
 	r.writeAll(3, "64k")
 	// An internal snapshot of the external overlays.
-	if _, err := r.m.CreateInternalSnapshot("vm", "i2", ""); err != nil {
+	if _, err := r.m.CreateInternalSnapshot("vm", "i2", "", false); err != nil {
 		t.Fatal(err)
 	}
 	ov1 := r.vm().Disks[0].Active
@@ -330,7 +330,7 @@ func TestInternalSnapshotMixed(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.writeAll(6, "256k")
-	if _, err := r.m.CreateInternalSnapshot("vm", "i3", ""); err != nil {
+	if _, err := r.m.CreateInternalSnapshot("vm", "i3", "", false); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := r.m.Revert("vm", "e3", false); err != nil {
@@ -385,7 +385,7 @@ func TestInternalSnapshotCrashEveryStep(t *testing.T) {
 				r.check("recovered")
 			}
 
-			crash(func() error { _, err := r.m.CreateInternalSnapshot("vm", "i1", ""); return err }, func() {
+			crash(func() error { _, err := r.m.CreateInternalSnapshot("vm", "i1", "", false); return err }, func() {
 				if err := imagesnap.Create(ctx, vda, "i1", imagesnap.Options{}); err != nil {
 					t.Fatal(err)
 				}
@@ -400,7 +400,7 @@ func TestInternalSnapshotCrashEveryStep(t *testing.T) {
 			}
 			sums1 := r.sums()
 			r.writeAll(5, "64k")
-			if _, err := r.m.CreateInternalSnapshot("vm", "i2", ""); err != nil {
+			if _, err := r.m.CreateInternalSnapshot("vm", "i2", "", false); err != nil {
 				t.Fatal(err)
 			}
 			sums2 := r.sums()
@@ -459,7 +459,7 @@ func TestInternalSnapshotLive(t *testing.T) {
 			}
 			q.flush()
 			before := []string{sum(t, vda), sum(t, vdb)}
-			s, err := m.CreateInternalSnapshot("vm", "i1", "")
+			s, err := m.CreateInternalSnapshot("vm", "i1", "", false)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -503,7 +503,7 @@ func TestInternalSnapshotLive(t *testing.T) {
 							panic(crashSentinel{i})
 						})
 					}
-					_, err := m.CreateInternalSnapshot("vm", name, "")
+					_, err := m.CreateInternalSnapshot("vm", name, "", false)
 					return err
 				}, 0)
 				if !stopped {
@@ -521,7 +521,7 @@ func TestInternalSnapshotLive(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			_, err = m.CreateInternalSnapshot("vm", "i1x", "")
+			_, err = m.CreateInternalSnapshot("vm", "i1x", "", false)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -560,7 +560,7 @@ func TestInternalSnapshotLive(t *testing.T) {
 
 			// A live create stopped before its step, then qemu gone:
 			// Recover takes the tags offline, at the state qemu left.
-			if stopped, err := runCrashing(t, func() error { _, err := m.CreateInternalSnapshot("vm", "gone", ""); return err }, 0); !stopped {
+			if stopped, err := runCrashing(t, func() error { _, err := m.CreateInternalSnapshot("vm", "gone", "", false); return err }, 0); !stopped {
 				t.Fatalf("create did not stop: %v", err)
 			}
 			q.cmd.Process.Kill()
@@ -634,7 +634,7 @@ func TestInternalSnapshotOfflineRollback(t *testing.T) {
 			t.Fatal("qemu-io took no lock of the image")
 		}
 	}
-	_, err = r.m.CreateInternalSnapshot("vm", "i1", "")
+	_, err = r.m.CreateInternalSnapshot("vm", "i1", "", false)
 	wantErr(t, err, "internal snapshot i1 not taken (nothing changed)", "in use")
 	for _, d := range r.vm().Disks {
 		if tags := r.tags(d.Active); len(tags) != 0 {
@@ -646,7 +646,7 @@ func TestInternalSnapshotOfflineRollback(t *testing.T) {
 	}
 	stdin.Close()
 	cmd.Wait()
-	if _, err := r.m.CreateInternalSnapshot("vm", "i1", ""); err != nil {
+	if _, err := r.m.CreateInternalSnapshot("vm", "i1", "", false); err != nil {
 		t.Fatalf("create after the failed one (no journal left): %v", err)
 	}
 }

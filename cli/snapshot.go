@@ -75,10 +75,16 @@ func snapshotCommand() *cli.Command {
 						if c.Bool("live") {
 							return fmt.Errorf("--live means nothing for a disk-only internal snapshot: a running VM takes it in one transaction while the guest runs")
 						}
-						if c.Bool("quiesce") {
-							return fmt.Errorf("--quiesce is not supported with --internal yet: leave --internal out for external overlays with a frozen guest")
+						// As below: with --quiesce a killed qchain would
+						// leave the guest's file systems frozen.
+						ctx, stop := signalContext(c.Context)
+						defer stop()
+						m := manager(c)
+						m.Ctx = ctx
+						s, err := m.CreateInternalSnapshot(a[0], a[1], c.String("description"), c.Bool("quiesce"))
+						if err != nil && ctx.Err() != nil {
+							return exitCode(exitInterrupted, fmt.Errorf("interrupted: %w", err))
 						}
-						s, err := manager(c).CreateInternalSnapshot(a[0], a[1], c.String("description"))
 						if err != nil {
 							return err
 						}

@@ -140,7 +140,7 @@ func TestInternalSnapshotCLI(t *testing.T) {
 	e.define("vm1")
 	vda, vdb := e.active("vm1", "vda"), e.active("vm1", "vdb")
 	e.fails([]string{"--live means nothing"}, "snapshot", "create", "--internal", "--live", "vm1", "i1")
-	e.fails([]string{"--quiesce is not supported with --internal"}, "snapshot", "create", "--internal", "--quiesce", "vm1", "i1")
+	e.fails([]string{"--quiesce needs a running VM"}, "snapshot", "create", "--internal", "--quiesce", "vm1", "i1")
 	e.ok("snapshot", "create", "--internal", "vm1", "i1")
 	for _, f := range []string{vda, vdb} {
 		wantTag(t, f, "i1", true)
