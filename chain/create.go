@@ -24,11 +24,10 @@ func (m *Manager) CreateSnapshot(vmName, name, description string, quiesce bool)
 	}
 	defer release()
 	vm := l.VM
-	if quiesce && ex.Live == nil {
-		return nil, fmt.Errorf("VM %s: --quiesce needs a running VM (its QMP socket does not answer)", vm.Name)
-	}
-	if quiesce && vm.QGA == "" {
-		return nil, fmt.Errorf("VM %s: --quiesce needs the guest agent socket (vm define --qga)", vm.Name)
+	if quiesce {
+		if err := checkQuiesce(vm, ex); err != nil {
+			return nil, err
+		}
 	}
 	final := clone(vm)
 	snap := &Snapshot{Name: name, Parent: vm.Current, Created: m.now(), Description: description}
@@ -69,24 +68,41 @@ func (m *Manager) CreateSnapshot(vmName, name, description string, quiesce bool)
 		return err
 	}
 	if quiesce {
-		actx, cancel := context.WithTimeout(m.ctx(), m.agentTimeout())
-		ga, err := qmp.DialGuestAgent(actx, vm.QGA)
-		cancel()
-		if err != nil && errors.Is(err, context.DeadlineExceeded) && m.ctx().Err() == nil {
-			return nil, fmt.Errorf("VM %s: the guest agent on %s did not answer within %v (is qemu-ga running in the guest?); no snapshot taken", vm.Name, vm.QGA, m.agentTimeout())
-		}
-		if err != nil {
-			return nil, fmt.Errorf("VM %s: guest agent: %w", vm.Name, err)
-		}
-		defer ga.Close()
-		err = qmp.WithFrozenFilesystems(m.ctx(), ga, func(context.Context) error { return run() })
-		if err != nil {
+		if err := m.frozen(vm, run); err != nil {
 			return nil, err
 		}
 	} else if err := run(); err != nil {
 		return nil, err
 	}
 	return snap, nil
+}
+
+// checkQuiesce refuses --quiesce for a VM that is not running (ex has no
+// live executor) or has no guest agent socket.
+func checkQuiesce(vm *VM, ex *Offline) error {
+	if ex.Live == nil {
+		return fmt.Errorf("VM %s: --quiesce needs a running VM (its QMP socket does not answer)", vm.Name)
+	}
+	if vm.QGA == "" {
+		return fmt.Errorf("VM %s: --quiesce needs the guest agent socket (vm define --qga)", vm.Name)
+	}
+	return nil
+}
+
+// frozen runs run with the guest's file systems frozen through its agent
+// (thawed afterwards, also when run fails).
+func (m *Manager) frozen(vm *VM, run func() error) error {
+	actx, cancel := context.WithTimeout(m.ctx(), m.agentTimeout())
+	ga, err := qmp.DialGuestAgent(actx, vm.QGA)
+	cancel()
+	if err != nil && errors.Is(err, context.DeadlineExceeded) && m.ctx().Err() == nil {
+		return fmt.Errorf("VM %s: the guest agent on %s did not answer within %v (is qemu-ga running in the guest?); no snapshot taken", vm.Name, vm.QGA, m.agentTimeout())
+	}
+	if err != nil {
+		return fmt.Errorf("VM %s: guest agent: %w", vm.Name, err)
+	}
+	defer ga.Close()
+	return qmp.WithFrozenFilesystems(m.ctx(), ga, func(context.Context) error { return run() })
 }
 
 // rollbackCreate undoes a live create whose transaction did not switch any

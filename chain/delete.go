@@ -91,7 +91,7 @@ func (m *Manager) planDelete(vm *VM, name string, opts DeleteOptions, live *Live
 	if opts.Children {
 		for _, n := range vm.Subtree(name) {
 			if vm.Snapshot(n).Internal {
-				return nil, fmt.Errorf("VM %s: the subtree of %s holds internal checkpoint %s: delete it first", vm.Name, name, n)
+				return nil, fmt.Errorf("VM %s: the subtree of %s holds %s %s: delete it first", vm.Name, name, internalKind(vm.Snapshot(n)), n)
 			}
 		}
 	}
@@ -99,11 +99,11 @@ func (m *Manager) planDelete(vm *VM, name string, opts DeleteOptions, live *Live
 	case opts.MetadataOnly:
 		p.Notes = append(p.Notes, "metadata only: the snapshot is forgotten, every file stays as it is")
 		if s.Internal {
-			p.Notes = append(p.Notes, "internal checkpoint "+name+" stays inside its images (qchain image-snapshot -d removes it)")
+			p.Notes = append(p.Notes, internalKind(s)+" "+name+" stays inside its images (qchain image-snapshot -d removes it)")
 		}
 	case s.Internal:
 		// Inside the images: no overlay to merge, only the tag to delete.
-		st := Step{Kind: StepInternalDelete, Tag: name, Why: "internal checkpoint " + name + " is inside these images"}
+		st := Step{Kind: StepInternalDelete, Tag: name, Why: internalKind(s) + " " + name + " is inside these images"}
 		for _, d := range s.Disks {
 			st.Targets = append(st.Targets, d.Target)
 			st.Files = append(st.Files, d.File)
@@ -111,7 +111,7 @@ func (m *Manager) planDelete(vm *VM, name string, opts DeleteOptions, live *Live
 		if live != nil {
 			for _, f := range st.Files {
 				if d, idx, err := live.diskFor(m.ctx(), f); err == nil && d != nil && idx > 0 {
-					return nil, fmt.Errorf("VM %s: internal checkpoint %s lives in %s, which the running VM reads as a backing file: stop the VM to delete it", vm.Name, name, f)
+					return nil, fmt.Errorf("VM %s: %s %s lives in %s, which the running VM reads as a read-only backing file: stop the VM to delete it", vm.Name, internalKind(s), name, f)
 				}
 			}
 		}
@@ -298,6 +298,32 @@ func (m *Manager) planMerge(vm, final *VM, p *Plan, s *Snapshot, target, merge s
 		useCommit = true
 	case MergeAuto:
 		useCommit = commitOK && commitBytes <= pullBytes
+	}
+	// No merge may lose internal snapshots: a commit removes the image
+	// above fs, a pull takes fs out of every chain, and a pull into an
+	// image changes the backing file its internal snapshots read through.
+	// auto takes the direction that keeps them, if one does.
+	var commitLoss error
+	if commitOK {
+		commitLoss = mergeLoses(vm, target, s.Name, "commit", deps[0])
+	}
+	pullLoss := mergeLoses(vm, target, s.Name, "pull", fs)
+	for _, dep := range deps {
+		if pullLoss == nil {
+			pullLoss = pullChangesTags(vm, target, s.Name, dep, fs)
+		}
+	}
+	switch {
+	case useCommit && commitLoss != nil && (merge != MergeAuto || pullLoss != nil):
+		return commitLoss
+	case useCommit && commitLoss != nil:
+		useCommit = false
+		p.Notes = append(p.Notes, fmt.Sprintf("disk %s: pull, not commit: %s holds internal snapshots", target, filepath.Base(deps[0])))
+	case !useCommit && pullLoss != nil && (merge != MergeAuto || !commitOK || commitLoss != nil):
+		return pullLoss
+	case !useCommit && pullLoss != nil:
+		useCommit = true
+		p.Notes = append(p.Notes, fmt.Sprintf("disk %s: commit, not pull: %s holds internal snapshots", target, filepath.Base(fs)))
 	}
 	if useCommit {
 		dep := deps[0]

@@ -86,6 +86,15 @@
 // with -loadvm) only while its images are still active, and deleted with
 // snapshot-delete or offline.
 //
+// A disk-only internal snapshot (CreateInternalSnapshot) is a tag in
+// every active image taken at one instant (StepInternalSnapshot: one QMP
+// transaction live, imagesnap offline), reverted offline with the VM
+// stopped (StepInternalApply). Whether a disk changed since an internal
+// snapshot is measured (qcow2.File.UnchangedSnapshots): a revert needs
+// force only when a disk's state is no snapshot's. No merge takes an
+// image holding internal snapshots out of every chain, nor changes the
+// backing file they read through.
+//
 // Merges that copy nothing (a commit of an overlay nothing was written
 // into, a pull of a layer the image above reads nothing from) run natively
 // offline, as a backing file rewrite at most, without a storage daemon.

@@ -65,6 +65,10 @@ func (o *Offline) Run(s Step) error {
 		return fmt.Errorf("the VM is not running: its QMP socket does not answer")
 	case StepInternalDelete:
 		return o.internalDeleteOffline(s)
+	case StepInternalSnapshot:
+		return o.internalSnapshotOffline(s)
+	case StepInternalApply:
+		return internalApply(s)
 	}
 	return fmt.Errorf("unknown step kind %q", s.Kind)
 }

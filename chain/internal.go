@@ -193,10 +193,11 @@ func (o *Offline) internalDeleteOffline(s Step) error {
 
 // revertInternal reverts to internal checkpoint s: its images must still
 // be the disks' active images (a later external snapshot made them
-// read-only backing files). Whether the disks changed since s cannot be
-// measured inside an image, so o.Force is always required: the changes
-// since s are discarded. A running VM loads s with snapshot-load; a
-// stopped one is started with -loadvm.
+// read-only backing files). o.Force is required when a disk's current
+// state is no snapshot's (currentKept: the image's active L1 table is no
+// internal snapshot's); the RAM since s is not counted, as for an
+// external checkpoint. A running VM loads s with snapshot-load; a stopped
+// one is started with -loadvm.
 func (m *Manager) revertInternal(l *Locked, s *Snapshot, o RevertOptions) (*Plan, error) {
 	vm := l.VM
 	if err := Verify(vm); err != nil {
@@ -210,8 +211,8 @@ func (m *Manager) revertInternal(l *Locked, s *Snapshot, o RevertOptions) (*Plan
 		step.Targets = append(step.Targets, d.Target)
 		step.Files = append(step.Files, d.Active)
 	}
-	if !o.Force {
-		return nil, fmt.Errorf("VM %s: reverting to internal checkpoint %s discards whatever the disks took since it, which qchain cannot measure inside an image: revert with --force", vm.Name, s.Name)
+	if err := checkCurrentKept(vm, o.Force, func(string, string) bool { return true }); err != nil {
+		return nil, err
 	}
 	live := m.Answers(vm)
 	if !live && len(vm.Command) == 0 {

@@ -55,6 +55,16 @@ const (
 	StepInternalLoad = "internal-load"
 	// StepInternalDelete deletes internal snapshot Tag from Files.
 	StepInternalDelete = "internal-delete"
+	// StepInternalSnapshot takes disk-only internal snapshot Tag of
+	// Targets' active images Files, all at one instant: in the running
+	// VM one transaction of blockdev-snapshot-internal-sync, offline one
+	// image after the other (nothing writes to them). Images that hold
+	// Tag already are skipped, so a rerun finishes an interrupted one.
+	StepInternalSnapshot = "internal-snapshot"
+	// StepInternalApply reverts the images Files of Targets to their
+	// internal snapshot Tag, natively, with no process holding them. An
+	// image whose state already is Tag's is left as it is.
+	StepInternalApply = "internal-apply"
 )
 
 // Step is one action of a plan.
@@ -127,7 +137,11 @@ func (s Step) String() string {
 	case StepInternalLoad:
 		return fmt.Sprintf("revert %v to internal checkpoint %s and load its memory", s.Files, s.Tag)
 	case StepInternalDelete:
-		return fmt.Sprintf("delete internal checkpoint %s from %v", s.Tag, s.Files)
+		return fmt.Sprintf("delete internal snapshot %s from %v", s.Tag, s.Files)
+	case StepInternalSnapshot:
+		return fmt.Sprintf("take internal snapshot %s of %v at one instant", s.Tag, s.Files)
+	case StepInternalApply:
+		return fmt.Sprintf("revert %v to internal snapshot %s", s.Files, s.Tag)
 	case StepLoadMemory:
 		then := "and run it"
 		if s.Paused {

@@ -105,6 +105,10 @@ func (l *Live) run(ctx context.Context, s Step) (handled bool, err error) {
 		return true, l.resume(ctx)
 	case StepInternalSave:
 		return true, l.internalSave(ctx, s)
+	case StepInternalSnapshot:
+		return true, l.internalSnapshot(ctx, s)
+	case StepInternalApply:
+		return true, fmt.Errorf("the VM is running: reverting its disks under a live guest corrupts them; stop it first")
 	case StepInternalDelete:
 		for _, f := range s.Files {
 			if d, _, err := l.diskFor(ctx, f); err != nil || d == nil {

@@ -302,3 +302,39 @@ func TestQuiesceCancelled(t *testing.T) {
 		}
 	}
 }
+
+// TestQuiesceInternal: a disk-only internal snapshot with quiesce freezes
+// the guest's file systems around its transaction and thaws them after.
+func TestQuiesceInternal(t *testing.T) {
+	need(t, "qemu-img", "qemu-system-x86_64")
+	dir := t.TempDir()
+	var files []string
+	for _, n := range []string{"vda", "vdb"} {
+		f := filepath.Join(dir, n+".qcow2")
+		run(t, "qemu-img", "create", "-q", "-f", "qcow2", f, "4M")
+		files = append(files, f)
+	}
+	q := startLiveVM(t, map[string]string{"vda": files[0], "vdb": files[1]})
+	ga := startFakeGuestAgent(t)
+	m := &Manager{BeforeStep: testHook, Store: &Store{Dir: filepath.Join(dir, "state")}}
+	if err := m.Store.Define(&VM{Name: "qz", QMP: q.qchain, QGA: ga.path, Disks: []Disk{{Target: "vda", Active: files[0]}, {Target: "vdb", Active: files[1]}}}); err != nil {
+		t.Fatal(err)
+	}
+	setStepHook(t, func(_ string, _ int, s Step) {
+		if s.Kind == StepInternalSnapshot {
+			frozen, _, _ := ga.state()
+			ga.mu.Lock()
+			ga.frozenAtStep = frozen
+			ga.mu.Unlock()
+		}
+	})
+	if _, err := m.CreateInternalSnapshot("qz", "i1", "", true); err != nil {
+		t.Fatal(err)
+	}
+	frozen, freezes, thaws := ga.state()
+	if !ga.frozenAtStep || frozen || freezes != 1 || thaws != 1 {
+		t.Errorf("frozen during the transaction %t, frozen now %t, %d freezes, %d thaws; want true, false, 1, 1", ga.frozenAtStep, frozen, freezes, thaws)
+	}
+	// Thawing after a failed transaction is the frozen helper's, which
+	// TestQuiesceLive checks with a failing switch.
+}

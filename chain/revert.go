@@ -52,6 +52,9 @@ func (m *Manager) RevertWith(vmName, name string, o RevertOptions) (*Plan, error
 	if s == nil {
 		return nil, fmt.Errorf("VM %s has no snapshot %s", vm.Name, name)
 	}
+	if s.Internal && s.Memory == nil {
+		return m.revertInternalDisks(l, s, o)
+	}
 	if s.Internal {
 		return m.revertInternal(l, s, o)
 	}
@@ -81,17 +84,14 @@ func (m *Manager) planRevert(vm *VM, s *Snapshot, force bool) (*Plan, error) {
 	if err := Verify(vm); err != nil {
 		return nil, err
 	}
+	// An internal snapshot of the VM in the active image keeps its state
+	// (the image stays while the snapshot needs it).
+	if err := checkCurrentKept(vm, force, func(file, tag string) bool { return snapshotWithTag(vm, file, tag) != "" }); err != nil {
+		return nil, err
+	}
 	final := clone(vm)
 	p := &Plan{VM: vm.Name, Op: "revert", Snapshot: name, Before: map[string]string{}, After: map[string]string{}}
 	for i, d := range vm.Disks {
-		changed, err := holdsChanges(d.Active)
-		if err != nil {
-			return nil, err
-		}
-		if changed && !force {
-			return nil, fmt.Errorf("VM %s disk %s: the current state (%s) holds changes no snapshot keeps; take a snapshot first, or revert with --force to discard them",
-				vm.Name, d.Target, d.Active)
-		}
 		file := s.File(d.Target)
 		ov := overlayName(filepath.Dir(file), vm.Name, d.Target, name)
 		p.Steps = append(p.Steps, Step{Kind: StepCreateOverlay, Target: d.Target, File: ov, Backing: relName(ov, file), BackingFmt: formatOf(file),

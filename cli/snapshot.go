@@ -55,7 +55,7 @@ func snapshotCommand() *cli.Command {
 	sd := stateDirFlag()
 	return &cli.Command{
 		Name:  "snapshot",
-		Usage: "external snapshots of a VM's disks: create, list, info, delete, revert, rotate",
+		Usage: "snapshots of a VM's disks (external overlays, or internal with --internal): create, list, info, delete, revert, rotate",
 		Subcommands: []*cli.Command{
 			{
 				Name: "create", Usage: "take a snapshot of every disk (atomically when the VM runs)", ArgsUsage: "VM NAME",
@@ -64,18 +64,35 @@ func snapshotCommand() *cli.Command {
 					&cli.BoolFlag{Name: "quiesce", Usage: "freeze the guest's file systems through its agent while switching"},
 					&cli.BoolFlag{Name: "memory", Usage: "a checkpoint of the running VM: its RAM and device state (in a file beside the disks) with every disk, from one instant"},
 					&cli.BoolFlag{Name: "live", Usage: "with --memory: copy the RAM while the guest runs; only the last part stops it"},
-					&cli.BoolFlag{Name: "internal", Usage: "with --memory: keep the memory and the disks' state inside the qcow2 images (QMP snapshot-save, QEMU 6.0+), no overlay"},
+					&cli.BoolFlag{Name: "internal", Usage: "keep the snapshot inside the qcow2 images, no overlay: alone, every disk's state from one instant (a running VM's in one QMP transaction, a stopped one's offline); with --memory, the RAM and device state too (QMP snapshot-save, QEMU 6.0+)"},
 				},
 				Action: func(c *cli.Context) error {
 					a, err := args(c, "VM", "NAME")
 					if err != nil {
 						return err
 					}
+					if c.Bool("internal") && !c.Bool("memory") {
+						if c.Bool("live") {
+							return fmt.Errorf("--live means nothing for a disk-only internal snapshot: a running VM takes it in one transaction while the guest runs")
+						}
+						// As below: with --quiesce a killed qchain would
+						// leave the guest's file systems frozen.
+						ctx, stop := signalContext(c.Context)
+						defer stop()
+						m := manager(c)
+						m.Ctx = ctx
+						s, err := m.CreateInternalSnapshot(a[0], a[1], c.String("description"), c.Bool("quiesce"))
+						if err != nil && ctx.Err() != nil {
+							return exitCode(exitInterrupted, fmt.Errorf("interrupted: %w", err))
+						}
+						if err != nil {
+							return err
+						}
+						fmt.Fprintf(c.App.Writer, "Internal snapshot %s created (inside %d disk image(s), no overlay)\n", s.Name, len(s.Disks))
+						return nil
+					}
 					if c.Bool("live") && !c.Bool("memory") {
 						return fmt.Errorf("--live needs --memory")
-					}
-					if c.Bool("internal") && !c.Bool("memory") {
-						return fmt.Errorf("--internal without --memory (a disk-only internal snapshot of every disk) is not supported yet: add --memory for an internal checkpoint, or leave --internal out for external overlays")
 					}
 					if c.Bool("memory") {
 						if c.Bool("quiesce") {
@@ -188,7 +205,7 @@ func snapshotCommand() *cli.Command {
 				},
 			},
 			{
-				Name: "revert", Usage: "make a snapshot's point in time current (a new branch); the VM must be stopped, except for a checkpoint with memory: the VM then runs on from that instant", ArgsUsage: "VM NAME",
+				Name: "revert", Usage: "make a snapshot's point in time current (a new branch; an internal snapshot's images go back to it); the VM must be stopped, except for a checkpoint with memory: the VM then runs on from that instant", ArgsUsage: "VM NAME",
 				Flags: []cli.Flag{sd, outputFlag(), &cli.BoolFlag{Name: "force", Usage: "discard current changes that no snapshot keeps"},
 					&cli.BoolFlag{Name: "paused", Usage: "a checkpoint with memory: leave the VM paused at the checkpoint's instant"}},
 				Action: func(c *cli.Context) error {
@@ -277,8 +294,13 @@ type SnapshotInfo struct {
 	NVRAM string `json:"nvram,omitempty"`
 }
 
-// Kind is "memory" for a checkpoint with memory, "disk" otherwise.
+// Kind is "memory" for a checkpoint with memory, "disk" for a disk-only
+// snapshot, each prefixed "internal-" when it lives inside the images
+// ("internal" alone for a disk-only internal snapshot).
 func (s SnapshotInfo) Kind() string {
+	if s.Internal && s.Memory {
+		return "internal-memory"
+	}
 	if s.Internal {
 		return "internal"
 	}

@@ -224,7 +224,10 @@ func TestCheckpointGuest(t *testing.T) {
 	if out := g.ok("snapshot", "list", "ck"); !strings.Contains(out, "internal") {
 		t.Fatalf("snapshot list does not give the kind:\n%s", out)
 	}
-	g.failsRunning([]string{"--force"}, "snapshot", "revert", "ck", "i1")
+	// Once the guest wrote after i1, its disk holds changes no snapshot
+	// keeps: the revert needs --force.
+	g.waitAck(g.consoleSize(), 3)
+	g.failsRunning([]string{"holds changes no snapshot keeps", "--force"}, "snapshot", "revert", "ck", "i1")
 	off = g.consoleSize()
 	g.ok("snapshot", "revert", "--force", "ck", "i1")
 	g.waitAck(off, 1)

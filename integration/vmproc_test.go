@@ -168,7 +168,7 @@ func TestVMStartErrors(t *testing.T) {
 	e.fails([]string{"VM plain is not running"}, "vm", "stop", "plain")
 	e.fails([]string{"VM plain is not running", "a checkpoint with memory needs a running VM"}, "snapshot", "create", "--memory", "plain", "c")
 	e.fails([]string{"VM plain is not running"}, "snapshot", "create", "--memory", "--internal", "plain", "c")
-	e.fails([]string{"--internal without --memory", "not supported yet"}, "snapshot", "create", "--internal", "plain", "c")
+	e.fails([]string{"--live means nothing for a disk-only internal snapshot"}, "snapshot", "create", "--internal", "--live", "plain", "c")
 	e.fails([]string{"--live needs --memory"}, "snapshot", "create", "--live", "plain", "c")
 	e.fails([]string{"--quiesce and --memory exclude each other"}, "snapshot", "create", "--memory", "--quiesce", "plain", "c")
 	e.q.Create("bad-vda.qcow2", "1M")

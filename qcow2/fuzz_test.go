@@ -150,6 +150,7 @@ func FuzzImage(f *testing.F) {
 			}
 		}
 		q.Check()
+		q.UnchangedSnapshots()
 		if q.VirtualSize() > 4<<20 {
 			return
 		}
