@@ -512,3 +512,31 @@ func (r *ckRig) conn() *qmp.Conn {
 	}
 	return c
 }
+
+// TestInternalAfterExternalRevert takes an internal checkpoint of a VM an
+// external checkpoint's revert started: on QEMU 9.0+ that load turned
+// mapped-ram on, which snapshot-save and snapshot-load cannot write or
+// read ("Error while writing VM state"), so they run with it off.
+func TestInternalAfterExternalRevert(t *testing.T) {
+	r := newCkRig(t, true)
+	if _, err := r.m.StartVM(r.name, StartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	r.waitAck(0, 5)
+	if _, err := r.m.CreateCheckpoint(r.name, "ext", CheckpointOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.m.RevertWith(r.name, "ext", RevertOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	r.waitAck(r.consoleSize(), 3)
+	if _, err := r.m.CreateInternalCheckpoint(r.name, "int", CheckpointOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	r.waitAck(r.consoleSize(), 3)
+	if _, err := r.m.RevertWith(r.name, "int", RevertOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	r.waitAck(r.consoleSize(), 3)
+	r.stop()
+}

@@ -152,6 +152,9 @@ func (l *Live) internalSave(ctx context.Context, s Step) error {
 	if err != nil {
 		return err
 	}
+	if err := streamCaps(ctx, l.Conn); err != nil {
+		return err
+	}
 	return l.runJob(ctx, qmp.SnapshotSave{JobID: internalSaveJob, Tag: s.Tag, VMState: nodes[0], Devices: nodes[1:]}, internalSaveJob)
 }
 
@@ -256,6 +259,9 @@ func (m *Manager) internalLoad(vm *VM, s Step, conn *qmp.Conn) error {
 	if err != nil {
 		return err
 	}
+	if err := streamCaps(ctx, conn); err != nil {
+		return err
+	}
 	if err := live.runJob(ctx, qmp.SnapshotLoad{JobID: internalLoadJob, Tag: s.Tag, VMState: nodes[0], Devices: nodes[1:]}, internalLoadJob); err != nil {
 		return err
 	}
@@ -263,4 +269,22 @@ func (m *Manager) internalLoad(vm *VM, s Step, conn *qmp.Conn) error {
 		return nil
 	}
 	return live.resume(ctx)
+}
+
+// streamCaps turns mapped-ram off when it is on: snapshot-save and
+// snapshot-load write and read the state as a stream inside the image,
+// which mapped-ram's fixed offsets cannot be ("Error while writing VM
+// state"), and the load of an external checkpoint saved with mapped-ram
+// leaves it on in the qemu it started.
+func streamCaps(ctx context.Context, c *qmp.Conn) error {
+	caps, err := c.QueryMigrateCapabilities(ctx)
+	if err != nil {
+		return err
+	}
+	for _, cp := range caps {
+		if cp.Capability == qmp.CapMappedRAM && cp.State {
+			return c.MigrateSetCapabilities(ctx, []qmp.MigrationCapability{{Capability: qmp.CapMappedRAM, State: false}})
+		}
+	}
+	return nil
 }
