@@ -50,8 +50,10 @@ demo: deps build
 	@scripts/demo-snapshots.sh
 
 # BENCH_FLAGS, e.g. '-run snapshot -n 9', go to the bench (see its doc.go).
+# Static like qchain: the bench's binary also runs the direct checkpoint
+# client, timed against qchain.
 bench: deps build
-	$(GO) run ./integration/bench $(BENCH_FLAGS)
+	CGO_ENABLED=0 $(GO) run ./integration/bench $(BENCH_FLAGS)
 
 fuzz:
 	@scripts/fuzz.sh $(FUZZTIME)

@@ -19,11 +19,12 @@ import (
 
 // Checkpoint cases (issue 10): whole-VM checkpoints of the real test guest
 // (fixtures/guest) that qchain starts itself, through the CLI, against a
-// minimal QMP client in the bench sending the commands qchain sends
-// (chain/checkpoint.go, chain/internal.go) to a qemu started with the same
-// command line, and against a cold boot of the same guest to its READY
-// line. Each run starts from a fresh disk and a fresh state folder, and
-// every qemu started is stopped, also when a run fails.
+// minimal QMP client sending the commands qchain sends (chain/checkpoint.go,
+// chain/internal.go) to a qemu started with the same command line, one
+// process per operation timed as qchain's are, and against a cold boot of
+// the same guest to its READY line. Each run starts from a fresh disk and
+// a fresh state folder, and every qemu started is stopped, also when a run
+// fails.
 
 // internalRevertGoal is the issue's goal for reverting an internal
 // checkpoint of a running VM: well under a second.
@@ -80,16 +81,20 @@ func ckCases(mem int) []ckCase {
 
 // ckEnv is what every run of one memory size shares.
 type ckEnv struct {
-	qchain  string
+	qchain string
+	// client is the bench's own binary, copied, that runs the direct
+	// client's operations (checkpointclientmain.go).
+	client  string
 	fixture *guest.Fixture
 	mem     int
 	work    string
 	timeout time.Duration
 	// external and internal say which operations the -run filter chose.
 	external, internal bool
-	// running is the state folder of the qchain run in progress, whose
-	// qemu an interrupted bench kills (it runs in a session of its own).
-	running *atomic.Pointer[string]
+	// running stops the qemu of the run in progress when the bench is
+	// interrupted: qchain's and the one a client's revert started run in
+	// sessions of their own and would outlive it.
+	running *atomic.Pointer[func()]
 }
 
 // runCheckpointBench measures the checkpoint cases the filter selects:
@@ -143,9 +148,15 @@ func runCheckpointBench(qchain string, runs int, quick bool, timeout time.Durati
 		return nil, false
 	}
 	defer os.RemoveAll(work)
-	// Interrupted, the bench stops the qemu qchain started before it
-	// exits (the direct client's qemu dies with the bench: Pdeathsig).
-	var running atomic.Pointer[string]
+	client, err := copyClient()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench: the direct client's binary:", err)
+		return nil, false
+	}
+	defer os.RemoveAll(filepath.Dir(client))
+	// Interrupted, the bench stops the qemu of the run in progress before
+	// it exits.
+	var running atomic.Pointer[func()]
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	stop := make(chan struct{})
@@ -153,10 +164,11 @@ func runCheckpointBench(qchain string, runs int, quick bool, timeout time.Durati
 	go func() {
 		select {
 		case sig := <-sigs:
-			if state := running.Load(); state != nil {
-				killStarted(*state, ckRun)
+			if stop := running.Load(); stop != nil {
+				(*stop)()
 			}
 			os.RemoveAll(work)
+			os.RemoveAll(filepath.Dir(client))
 			fmt.Fprintf(os.Stderr, "bench: %v: stopped\n", sig)
 			os.Exit(2)
 		case <-stop:
@@ -170,9 +182,9 @@ func runCheckpointBench(qchain string, runs int, quick bool, timeout time.Durati
 	}
 	fmt.Printf("- %d untimed run(s) of each side, then %d timed runs each, alternating which side goes first\n", warm, runs)
 	fmt.Println("- qchain: vm define + vm start (untimed define), snapshot create --memory, snapshot revert --force, snapshot create --internal, snapshot revert --force")
-	fmt.Println("- direct QMP client: qemu started by the bench with the command line qchain gives it; per operation a connection (greeting, qmp_capabilities) and the commands qchain sends, polling every 10 ms")
+	fmt.Println("- direct QMP client: qemu started by the bench with the command line qchain gives it; per operation a process (this bench's binary in client mode, copied to " + client + ", " + linkage(client) + "), started and timed through the same launcher as qchain, that connects (greeting, qmp_capabilities) and sends the commands qchain sends, polling every 10 ms")
 	for _, p := range plans {
-		env := &ckEnv{qchain: qchain, fixture: f, mem: p.mem, work: work, timeout: timeout, external: p.external, internal: p.internal, running: &running}
+		env := &ckEnv{qchain: qchain, client: client, fixture: f, mem: p.mem, work: work, timeout: timeout, external: p.external, internal: p.internal, running: &running}
 		r := &CheckpointResult{MemMiB: p.mem, Cases: p.cases}
 		results = append(results, r)
 		fmt.Printf("\n%d MiB guest:\n", p.mem)
@@ -270,8 +282,9 @@ func consoleSize(console string) int64 {
 }
 
 // waitReady polls the console from offset on for the READY line, every
-// few milliseconds (the cold boot is timed to it).
-func waitReady(console string, offset int64, exited <-chan struct{}) error {
+// few milliseconds (the cold boot is timed to it); alive, when not nil,
+// says whether qemu still runs.
+func waitReady(console string, offset int64, alive func() bool) error {
 	deadline := time.Now().Add(ckWait)
 	for {
 		if c, err := guest.ReadConsoleLog(console, ckRun, offset); err == nil {
@@ -282,11 +295,10 @@ func waitReady(console string, offset int64, exited <-chan struct{}) error {
 				return nil
 			}
 		}
-		select {
-		case <-exited:
+		if alive != nil && !alive() {
 			return errors.New("qemu exited before the guest was ready")
-		case <-time.After(5 * time.Millisecond):
 		}
+		time.Sleep(5 * time.Millisecond)
 		if time.Now().After(deadline) {
 			return fmt.Errorf("the guest was not ready within %s", ckWait)
 		}
@@ -342,7 +354,8 @@ func (e *ckEnv) qchainRun() (t [ckOps]time.Duration, err error) {
 	if _, err := q(append([]string{"vm", "define", "--disk", "vda=" + disk, ckRun, "--"}, cmd...)...); err != nil {
 		return t, err
 	}
-	e.running.Store(&state)
+	stop := func() { killStarted(state, ckRun) }
+	e.running.Store(&stop)
 	defer func() {
 		q("vm", "stop", "--force", ckRun)
 		killStarted(state, ckRun)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,9 +11,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/qchain/qchain/qcow2"
 )
@@ -21,7 +25,9 @@ import (
 // bench starts itself with the command line qchain would give it, sending
 // the commands qchain sends for a checkpoint (chain/checkpoint.go,
 // chain/internal.go) and nothing else: no journal, no metadata, no checks
-// of the state it finds.
+// of the state it finds. Each operation runs in a process of its own, a
+// copy of the bench in client mode (checkpointclientmain.go) started
+// through the launcher, so that it pays a process start as qchain does.
 
 // directPoll is how often the direct client polls a migration or a job.
 const directPoll = 10 * time.Millisecond
@@ -30,21 +36,28 @@ const directPoll = 10 * time.Millisecond
 // descriptor in QEMU (getfd), as qchain does.
 const memoryFd = "bench-memory"
 
-// directVM is a qemu the bench started with the guest's command line and
-// the -drive and -qmp options qchain adds.
+// directVM is a qemu started with the guest's command line and the -drive
+// and -qmp options qchain adds: by the bench for the boot, by a client
+// process for a revert. It is known by its pid, which pidfile holds (the
+// qemu a revert starts is no child of the bench), and a pid is taken for
+// the VM's only while that process's command line names sock.
 type directVM struct {
 	command []string // the guest's command line, binary first
 	sock    string
 	log     string
-	proc    *exec.Cmd
-	exited  chan struct{}
+	pidfile string
+	pid     int
 	// mappedRAM: this QEMU has the mapped-ram migration capability, so
 	// the state is saved as qchain saves it there (file: URI).
 	mappedRAM bool
 }
 
-// start starts qemu on disk, with -S -incoming defer when incoming.
-func (d *directVM) start(disk string, incoming bool) error {
+// start starts qemu on disk, with -S -incoming defer when incoming, and
+// writes its pid to pidfile. detached, it runs in a session of its own
+// and outlives the process that started it (a client's revert, as qchain's
+// vm start); else it is this process's child, reaped here and killed with
+// it (the bench's boot).
+func (d *directVM) start(disk string, incoming, detached bool) error {
 	args := slices.Clone(d.command[1:])
 	args = append(args, "-drive", "if=none,id=vda,file="+strings.ReplaceAll(disk, ",", ",,")+",format=qcow2",
 		"-qmp", "unix:"+strings.ReplaceAll(d.sock, ",", ",,")+",server=on,wait=off")
@@ -57,29 +70,88 @@ func (d *directVM) start(disk string, incoming bool) error {
 		return err
 	}
 	defer logf.Close()
-	d.proc = exec.Command(d.command[0], args...)
-	d.proc.Stdout, d.proc.Stderr = logf, logf
-	// Killed with the bench, should it be interrupted.
-	d.proc.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := d.proc.Start(); err != nil {
+	cmd := exec.Command(d.command[0], args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if detached {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	} else {
+		// Killed with the bench, should it be interrupted.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	}
+	if err := cmd.Start(); err != nil {
 		return err
 	}
-	d.exited = make(chan struct{})
-	go func(cmd *exec.Cmd, exited chan struct{}) {
-		cmd.Wait()
-		close(exited)
-	}(d.proc, d.exited)
-	return nil
+	d.pid = cmd.Process.Pid
+	if detached {
+		cmd.Process.Release()
+	} else {
+		go cmd.Wait()
+	}
+	return os.WriteFile(d.pidfile, []byte(strconv.Itoa(d.pid)+"\n"), 0o600)
 }
 
-// kill ends qemu if it still runs and waits for it.
-func (d *directVM) kill() {
-	if d.proc == nil {
-		return
+// readPid takes the pid of the VM's qemu from pidfile (0 when there is
+// none).
+func (d *directVM) readPid() {
+	d.pid = 0
+	if b, err := os.ReadFile(d.pidfile); err == nil {
+		d.pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
 	}
-	d.proc.Process.Kill()
-	<-d.exited
-	d.proc = nil
+}
+
+// alive reports whether the VM's qemu runs: pid is a process, not a
+// zombie, and its command line names the socket (else the pid is another
+// process's now). An empty command line is taken for qemu's: a process
+// has none for a moment while execve sets it up, after exec.Cmd.Start has
+// returned.
+func (d *directVM) alive() bool {
+	if d.pid <= 0 {
+		return false
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", d.pid))
+	if err != nil {
+		return false
+	}
+	if i := bytes.LastIndexByte(stat, ')'); i < 0 || i+2 >= len(stat) || stat[i+2] == 'Z' {
+		return false
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", d.pid))
+	return err == nil && (len(cmdline) == 0 || bytes.Contains(cmdline, []byte(d.sock)))
+}
+
+// waitExit waits up to limit for the VM's qemu to exit, on a pidfd (the
+// process need not be a child), as qchain waits; it reports whether it
+// did.
+func (d *directVM) waitExit(limit time.Duration) bool {
+	fd, err := unix.PidfdOpen(d.pid, 0)
+	if err != nil {
+		return !d.alive()
+	}
+	defer unix.Close(fd)
+	if !d.alive() { // opened on another process, or a zombie
+		return true
+	}
+	deadline := time.Now().Add(limit)
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return !d.alive()
+		}
+		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, int(left.Milliseconds())+1)
+		if n > 0 || err != nil && !errors.Is(err, unix.EINTR) {
+			return n > 0 || !d.alive()
+		}
+	}
+}
+
+// kill ends the qemu pidfile names if it still runs and waits for it.
+func (d *directVM) kill() {
+	d.readPid()
+	if d.alive() {
+		syscall.Kill(d.pid, syscall.SIGKILL)
+		d.waitExit(10 * time.Second)
+	}
+	d.pid = 0
 }
 
 // logTail is the last line qemu printed, for errors.
@@ -107,11 +179,10 @@ func (d *directVM) dial() (*qmpLines, error) {
 			}
 			return q, nil
 		}
-		select {
-		case <-d.exited:
+		if !d.alive() {
 			return nil, fmt.Errorf("qemu exited: %s", d.logTail())
-		case <-time.After(2 * time.Millisecond):
 		}
+		time.Sleep(2 * time.Millisecond)
 		if time.Now().After(deadline) {
 			return nil, fmt.Errorf("no QMP socket: %w", err)
 		}
@@ -229,14 +300,13 @@ func (d *directVM) probeMappedRAM() error {
 // live): the overlay, then pause-before-switchover, stop, migrate to the
 // memory file, the disk switch at the paused switchover, migrate-continue,
 // fsync, cont.
-func (d *directVM) createCheckpoint(overlay, backing, mem string) (time.Duration, error) {
-	start := time.Now()
+func (d *directVM) createCheckpoint(overlay, backing, mem string) error {
 	if err := qcow2.Create(overlay, qcow2.CreateOptions{BackingFile: backing, BackingFormat: "qcow2"}); err != nil {
-		return 0, err
+		return err
 	}
 	q, err := d.dial()
 	if err != nil {
-		return 0, err
+		return err
 	}
 	defer q.conn.Close()
 	caps := []map[string]any{{"capability": "pause-before-switchover", "state": true}}
@@ -244,162 +314,157 @@ func (d *directVM) createCheckpoint(overlay, backing, mem string) (time.Duration
 		caps = append(caps, map[string]any{"capability": "mapped-ram", "state": true})
 	}
 	if _, err := q.do("migrate-set-capabilities", map[string]any{"capabilities": caps}); err != nil {
-		return 0, err
+		return err
 	}
 	if _, err := q.do("stop", nil); err != nil {
-		return 0, err
+		return err
 	}
 	f, err := os.OpenFile(mem, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	defer f.Close()
 	uri := "fd:" + memoryFd
 	if d.mappedRAM {
 		uri = "file:" + mem
 	} else if err := q.doFd("getfd", map[string]any{"fdname": memoryFd}, f); err != nil {
-		return 0, err
+		return err
 	}
 	if _, err := q.do("migrate", map[string]any{"uri": uri}); err != nil {
-		return 0, err
+		return err
 	}
 	if err := q.waitMigration("pre-switchover"); err != nil {
-		return 0, err
+		return err
 	}
 	node := "bench-snap-vda"
 	if _, err := q.do("blockdev-add", map[string]any{"driver": "qcow2", "node-name": node, "backing": nil,
 		"file": map[string]any{"driver": "file", "filename": overlay}}); err != nil {
-		return 0, err
+		return err
 	}
 	if _, err := q.do("transaction", map[string]any{"actions": []map[string]any{
 		{"type": "blockdev-snapshot", "data": map[string]any{"node": "vda", "overlay": node}}}}); err != nil {
-		return 0, err
+		return err
 	}
 	if _, err := q.do("migrate-continue", map[string]any{"state": "pre-switchover"}); err != nil {
-		return 0, err
+		return err
 	}
 	if err := q.waitMigration("completed"); err != nil {
-		return 0, err
+		return err
 	}
 	if err := f.Sync(); err != nil {
-		return 0, err
+		return err
 	}
 	if _, err := q.do("cont", nil); err != nil {
-		return 0, err
+		return err
 	}
-	return time.Since(start), nil
+	return nil
 }
 
 // revertCheckpoint is qchain's revert to an external checkpoint of a
 // running VM: quit, a new overlay on the checkpoint's disk, qemu started
 // on it with -S -incoming defer, the memory file loaded (getfd +
 // migrate-incoming, or file: with mapped-ram), cont.
-func (d *directVM) revertCheckpoint(overlay, backing, mem string) (time.Duration, error) {
-	start := time.Now()
+func (d *directVM) revertCheckpoint(overlay, backing, mem string) error {
 	q, err := d.dial()
 	if err != nil {
-		return 0, err
+		return err
 	}
 	q.do("quit", nil) // qemu may close the socket before replying
 	q.conn.Close()
-	select {
-	case <-d.exited:
-		d.proc = nil
-	case <-time.After(ckWait):
-		return 0, errors.New("qemu did not exit after quit")
+	if !d.waitExit(ckWait) {
+		return errors.New("qemu did not exit after quit")
 	}
 	if err := qcow2.Create(overlay, qcow2.CreateOptions{BackingFile: backing, BackingFormat: "qcow2"}); err != nil {
-		return 0, err
+		return err
 	}
-	if err := d.start(overlay, true); err != nil {
-		return 0, err
+	if err := d.start(overlay, true, true); err != nil {
+		return err
 	}
 	if q, err = d.dial(); err != nil {
-		return 0, err
+		return err
 	}
 	defer q.conn.Close()
 	if d.mappedRAM {
 		if _, err := q.do("migrate-set-capabilities", map[string]any{"capabilities": []map[string]any{{"capability": "mapped-ram", "state": true}}}); err != nil {
-			return 0, err
+			return err
 		}
 		if _, err := q.do("migrate-incoming", map[string]any{"uri": "file:" + mem}); err != nil {
-			return 0, err
+			return err
 		}
 	} else {
 		f, err := os.Open(mem)
 		if err != nil {
-			return 0, err
+			return err
 		}
 		err = q.doFd("getfd", map[string]any{"fdname": memoryFd}, f)
 		f.Close()
 		if err != nil {
-			return 0, err
+			return err
 		}
 		if _, err := q.do("migrate-incoming", map[string]any{"uri": "fd:" + memoryFd}); err != nil {
-			return 0, err
+			return err
 		}
 	}
 	if err := q.waitMigration("completed"); err != nil {
-		return 0, fmt.Errorf("%w: %s", err, d.logTail())
+		return fmt.Errorf("%w: %s", err, d.logTail())
 	}
 	if _, err := q.do("cont", nil); err != nil {
-		return 0, err
+		return err
 	}
-	return time.Since(start), nil
+	return nil
 }
 
 // internalCheckpoint runs a snapshot-save job (load false) or a
 // snapshot-load job and cont (load true) on vda's node, as qchain does.
-func (d *directVM) internalCheckpoint(tag string, load bool) (time.Duration, error) {
-	start := time.Now()
+func (d *directVM) internalCheckpoint(tag string, load bool) error {
 	q, err := d.dial()
 	if err != nil {
-		return 0, err
+		return err
 	}
 	defer q.conn.Close()
 	node, err := q.vdaNode()
 	if err != nil {
-		return 0, err
+		return err
 	}
 	cmd, id := "snapshot-save", "bench-save"
 	if load {
 		cmd, id = "snapshot-load", "bench-load"
 	}
 	if _, err := q.do(cmd, map[string]any{"job-id": id, "tag": tag, "vmstate": node, "devices": []string{node}}); err != nil {
-		return 0, err
+		return err
 	}
 	if err := q.runJob(id); err != nil {
-		return 0, err
+		return err
 	}
 	if load {
 		if _, err := q.do("cont", nil); err != nil {
-			return 0, err
+			return err
 		}
 	}
-	return time.Since(start), nil
+	return nil
 }
 
-// quit asks qemu to quit and waits for it (kill after a while).
+// quit asks the qemu pidfile names to quit and waits for it (kill after a
+// while).
 func (d *directVM) quit() {
-	if d.proc == nil {
+	d.readPid()
+	if !d.alive() {
 		return
 	}
 	if q, err := d.dial(); err == nil {
 		q.do("quit", nil)
 		q.conn.Close()
 	}
-	select {
-	case <-d.exited:
-		d.proc = nil
-	case <-time.After(10 * time.Second):
+	if !d.waitExit(10 * time.Second) {
 		d.kill()
 	}
 }
 
 // directRun is one run of the reference: the same guest on a fresh disk,
 // booted by the bench (the cold boot), then the same checkpoints as
-// qchainRun's through the direct client. qemu is stopped at the end, also
-// on failure.
+// qchainRun's, each by a client process (runClient). The qemu running at
+// the end (the revert's, started by a client) is stopped, also on failure
+// or when the bench is interrupted.
 func (e *ckEnv) directRun() (t [ckOps]time.Duration, err error) {
 	dir, disk, err := e.newRunDir("direct")
 	if err != nil {
@@ -411,13 +476,27 @@ func (e *ckEnv) directRun() (t [ckOps]time.Duration, err error) {
 	if err != nil {
 		return t, err
 	}
-	d := &directVM{command: cmd, sock: filepath.Join(dir, "qmp.sock"), log: filepath.Join(dir, "qemu.log")}
-	defer d.kill()
-	start := time.Now()
-	if err := d.start(disk, false); err != nil {
+	d := &directVM{command: cmd, sock: filepath.Join(dir, "qmp.sock"), log: filepath.Join(dir, "qemu.log"),
+		pidfile: filepath.Join(dir, "qemu.pid")}
+	b, err := json.Marshal(cmd)
+	if err != nil {
 		return t, err
 	}
-	if err := waitReady(console, 0, d.exited); err != nil {
+	cmdFile := filepath.Join(dir, "command.json")
+	if err := os.WriteFile(cmdFile, b, 0o600); err != nil {
+		return t, err
+	}
+	stop := func() { (&directVM{sock: d.sock, pidfile: d.pidfile}).kill() }
+	e.running.Store(&stop)
+	defer func() {
+		d.kill()
+		e.running.Store(nil)
+	}()
+	start := time.Now()
+	if err := d.start(disk, false, false); err != nil {
+		return t, err
+	}
+	if err := waitReady(console, 0, d.alive); err != nil {
 		return t, fmt.Errorf("%w: %s", err, d.logTail())
 	}
 	t[opBoot] = time.Since(start)
@@ -427,29 +506,41 @@ func (e *ckEnv) directRun() (t [ckOps]time.Duration, err error) {
 	if err := waitRunning(console, 0, 3, false); err != nil {
 		return t, err
 	}
+	client := func(op string, args ...string) (time.Duration, error) {
+		argv := []string{e.client, ckClientArg, "-op", op, "-sock", d.sock, "-pidfile", d.pidfile, "-log", d.log}
+		if d.mappedRAM {
+			argv = append(argv, "-mapped-ram")
+		}
+		wall, _, err := runSteps(e.timeout, [][]string{append(argv, args...)})
+		return wall, err
+	}
 	if e.external {
 		mem := filepath.Join(dir, "vda.ext.mem")
-		if t[opCreate], err = d.createCheckpoint(filepath.Join(dir, "vda.ext.qcow2"), "vda.qcow2", mem); err != nil {
+		if t[opCreate], err = client("create", "-overlay", filepath.Join(dir, "vda.ext.qcow2"), "-backing", "vda.qcow2", "-mem", mem); err != nil {
 			return t, fmt.Errorf("checkpoint: %w", err)
 		}
 		if err := waitRunning(console, consoleSize(console), 3, false); err != nil {
 			return t, fmt.Errorf("after the checkpoint: %w", err)
 		}
-		if t[opRevert], err = d.revertCheckpoint(filepath.Join(dir, "vda.revert.qcow2"), "vda.qcow2", mem); err != nil {
+		if t[opRevert], err = client("revert", "-overlay", filepath.Join(dir, "vda.revert.qcow2"), "-backing", "vda.qcow2", "-mem", mem, "-command", cmdFile); err != nil {
 			return t, fmt.Errorf("revert: %w", err)
+		}
+		// The client started the new qemu and named it in the pid file.
+		if d.readPid(); !d.alive() {
+			return t, fmt.Errorf("revert: no qemu runs after it: %s", d.logTail())
 		}
 		if err := waitRunning(console, consoleSize(console), 3, true); err != nil {
 			return t, fmt.Errorf("after the revert: %w", err)
 		}
 	}
 	if e.internal {
-		if t[opInternalSave], err = d.internalCheckpoint("int", false); err != nil {
+		if t[opInternalSave], err = client("save", "-tag", "int"); err != nil {
 			return t, fmt.Errorf("internal checkpoint: %w", err)
 		}
 		if err := waitRunning(console, consoleSize(console), 3, false); err != nil {
 			return t, fmt.Errorf("after the internal checkpoint: %w", err)
 		}
-		if t[opInternalLoad], err = d.internalCheckpoint("int", true); err != nil {
+		if t[opInternalLoad], err = client("load", "-tag", "int"); err != nil {
 			return t, fmt.Errorf("internal revert: %w", err)
 		}
 		if err := waitRunning(console, consoleSize(console), 3, true); err != nil {

@@ -33,22 +33,34 @@
 //     times 64 KiB (within 5%). Each side's untimed run is checked: the
 //     point's kind, and qemu-img compare of every result with the disk.
 //     -quick: a 1 GiB disk with 128 MiB of data.
-//   - checkpoints (checkpoint.go, checkpointclient.go; `-run checkpoint`):
+//   - checkpoints (checkpoint.go, checkpointclient.go,
+//     checkpointclientmain.go; `-run checkpoint`):
 //     the real test guest (fixtures/guest) with 256 MiB and 1 GiB of RAM
 //     (256 MiB only with -quick) running its records workload, defined
 //     with its command line and started by qchain vm start; qchain
 //     snapshot create --memory and snapshot revert --force of that
 //     checkpoint, then snapshot create --memory --internal and its revert, each
-//     against a minimal QMP client in the bench that sends the commands
-//     qchain sends (migrate-set-capabilities, stop, getfd + migrate fd:,
+//     against a minimal QMP client that sends the commands qchain sends
+//     (migrate-set-capabilities, stop, getfd + migrate fd:,
 //     the blockdev-snapshot transaction at pre-switchover,
 //     migrate-continue, cont; for the revert quit, a new overlay, qemu
 //     with -S -incoming defer, getfd + migrate-incoming, cont;
 //     snapshot-save and snapshot-load jobs) to a qemu the bench starts
-//     with the command line qchain would give it: qchain's overhead under
-//     5% (judged on the fastest run of each side); the reverts are also
-//     set against a cold boot (qemu start to the console's READY line),
-//     and the internal revert must take under a second.
+//     with the command line qchain would give it. The client is a program
+//     of its own, as for a person driving bare QEMU: each operation is a
+//     process, this bench re-executed in client mode (ckClientArg first;
+//     checkpointclientmain.go) from a copy of its binary, started and
+//     timed through the same launcher as qchain's commands, fork to exit;
+//     its revert starts the new qemu in a session of its own, as qchain
+//     does, and names it in a pid file the bench stops it through. The
+//     start-up floor prints the client's no-op start beside the empty Go
+//     program's. make bench builds the bench static (CGO_ENABLED=0) like
+//     qchain; a plain go run with cgo at hand links it dynamically, which
+//     only slows the client (the floor line says which). qchain's
+//     overhead under 5% (judged on the fastest run of each side); the
+//     reverts are also set against a cold boot (qemu start to the
+//     console's READY line), and the internal revert must take under a
+//     second.
 //
 // Every timing warms the page cache with one untimed run of each tool, then
 // takes the median of -n runs, alternating the tools. The outputs of both
@@ -59,7 +71,8 @@
 // timed runs each, every run on a fresh disk and state folder (on
 // /dev/shm when it has room), waiting for the guest to acknowledge
 // records after each operation and refusing a boot after a revert; every
-// qemu they start is stopped at the end of its run, also on failure.
+// qemu they start is stopped at the end of its run, also on failure or
+// interrupt.
 // Peak RSS is measured through a launcher (launcher.go) so that the
 // bench's own memory does not leak into the tools' figures.
 //

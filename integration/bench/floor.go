@@ -12,9 +12,12 @@ import (
 // programs that do nothing: `true` (what starting any process costs here)
 // and an empty Go program built on the spot (what the Go runtime adds before
 // qchain's first line runs). They bound the ratio any Go tool can reach on
-// a command qemu-img finishes in a few tens of milliseconds.
+// a command qemu-img finishes in a few tens of milliseconds. Last comes
+// the direct checkpoint client's own start-up (printClientFloor), which
+// its rows include.
 func printStartFloor(n int) {
 	fmt.Println("\n## Start-up floor (median of", n, "runs)")
+	defer printClientFloor(n)
 	if s, err := timeRuns(n, []string{"true"}); err == nil {
 		fmt.Printf("- `true`: %s\n", fmtDur(s.Median()))
 	}

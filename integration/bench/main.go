@@ -71,6 +71,9 @@ func main() {
 	if os.Getenv(launcherEnv) != "" {
 		os.Exit(launch())
 	}
+	if len(os.Args) > 1 && os.Args[1] == ckClientArg {
+		os.Exit(clientMain(os.Args[2:]))
+	}
 	os.Exit(run())
 }
 
