@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/qchain/qchain/chain"
@@ -239,11 +240,23 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 		added = added[1:]
 	}
 
-	// The files: synced, renamed, summed; then the index.
+	// The files: summed while they are synced (the sum reads what the
+	// page cache holds, the sync writes it out), renamed; then the index.
+	sums := make([]string, len(runs))
+	sumErrs := make([]error, len(runs))
+	var summing sync.WaitGroup
+	for i, r := range runs {
+		summing.Go(func() { sums[i], sumErrs[i] = fileSHA256(ctx, r.tmp) })
+	}
+	var syncErr error
 	for _, r := range runs {
-		if err := syncFile(r.tmp); err != nil {
-			return fail(err)
+		if syncErr = syncFile(r.tmp); syncErr != nil {
+			break
 		}
+	}
+	summing.Wait()
+	if err := errors.Join(append([]error{syncErr}, sumErrs...)...); err != nil {
+		return fail(err)
 	}
 	for _, r := range runs {
 		if err := os.Rename(r.tmp, filepath.Join(dir, r.file)); err != nil {
@@ -253,17 +266,12 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 	if err := syncDir(dir); err != nil {
 		return fail(err)
 	}
-	for _, r := range runs {
-		name := filepath.Join(dir, r.file)
-		sum, err := fileSHA256(name)
+	for i, r := range runs {
+		st, err := os.Stat(filepath.Join(dir, r.file))
 		if err != nil {
 			return fail(err)
 		}
-		st, err := os.Stat(name)
-		if err != nil {
-			return fail(err)
-		}
-		p.Disks = append(p.Disks, PointDisk{Target: r.target, File: r.file, Size: r.size, Bytes: st.Size(), Copied: r.copied, SHA256: sum})
+		p.Disks = append(p.Disks, PointDisk{Target: r.target, File: r.file, Size: r.size, Bytes: st.Size(), Copied: r.copied, SHA256: sums[i]})
 	}
 	x.Points = append(x.Points, *p)
 	if err := writeIndex(dir, x); err != nil {
