@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/qchain/qchain/chain"
@@ -155,7 +156,7 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 	}
 	fail := func(err error) (*Point, error) {
 		cleanup()
-		return nil, err
+		return nil, noSpace(err, dir)
 	}
 	for _, d := range vm.Disks {
 		size, err := virtualSize(d.Active)
@@ -229,7 +230,7 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 		res, err := r.job.Wait(ctx, wo)
 		r.job = nil
 		if err != nil {
-			return fail(fmt.Errorf("VM %s disk %s: backup: %w", vm.Name, r.target, err))
+			return fail(noSpace(fmt.Errorf("VM %s disk %s: backup: %w", vm.Name, r.target, err), dir))
 		}
 		r.copied = res.TotalProgress
 	}
@@ -299,6 +300,17 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 		opts.note("VM %s: the storage daemon did not quit cleanly (%v): the next backup may have to be full", vm.Name, err)
 	}
 	return p, nil
+}
+
+// noSpace adds to an error that is the backup folder's file system being
+// full what it means: nothing was kept, and the run can be repeated once
+// there is room. Jobs report it as QEMU's text, not as an errno.
+func noSpace(err error, dir string) error {
+	if err == nil || strings.Contains(err.Error(), "make room") ||
+		!errors.Is(err, syscall.ENOSPC) && !strings.Contains(strings.ToLower(err.Error()), syscall.ENOSPC.Error()) {
+		return err
+	}
+	return fmt.Errorf("%w (the backup folder %s is full: nothing of this point was kept; make room and run the backup again)", err, dir)
 }
 
 // checkFresh accepts a folder for a first backup: empty, or holding only
