@@ -230,7 +230,13 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 		res, err := r.job.Wait(ctx, wo)
 		r.job = nil
 		if err != nil {
-			return fail(noSpace(fmt.Errorf("VM %s disk %s: backup: %w", vm.Name, r.target, err), dir))
+			if s.live && errors.Is(err, qmp.ErrClosed) {
+				// The bitmaps it held in memory are lost or left
+				// inconsistent in the images: the next point is full
+				// where it must be, and says why.
+				return fail(fmt.Errorf("VM %s disk %s: its qemu exited (or closed the monitor) during the backup: %w; nothing of this point was kept", vm.Name, r.target, err))
+			}
+			return fail(fmt.Errorf("VM %s disk %s: backup: %w", vm.Name, r.target, err))
 		}
 		r.copied = res.TotalProgress
 	}
