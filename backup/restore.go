@@ -35,10 +35,10 @@ type RestoreOptions struct {
 // point's guest content, and returns their paths.
 //
 // The point's files are checked as Verify checks them: their structure
-// and chains first (metadata only), then their sha256 while the images
-// are written, on other goroutines, so that reading every file of the
-// chain once more costs no time of its own; a file whose sum differs
-// fails the restore, and its output is removed. Raw images are written
+// and chains first (metadata only), then their sha256 on other
+// goroutines while the images are written, so that the sums overlap the
+// copy instead of preceding it; a file whose sum differs stops the copy
+// and fails the restore, and its output is removed. Raw images are written
 // natively (sparse); qcow2 ones by a full backup job from the point's top
 // node into a new image on a storage daemon, which writes without a flush
 // (each image is synced once, at the end). Existing files are never
