@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/qchain/qchain/chain"
@@ -154,7 +156,7 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 	}
 	fail := func(err error) (*Point, error) {
 		cleanup()
-		return nil, err
+		return nil, noSpace(err, dir)
 	}
 	for _, d := range vm.Disks {
 		size, err := virtualSize(d.Active)
@@ -228,6 +230,12 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 		res, err := r.job.Wait(ctx, wo)
 		r.job = nil
 		if err != nil {
+			if s.live && errors.Is(err, qmp.ErrClosed) {
+				// The bitmaps it held in memory are lost or left
+				// inconsistent in the images: the next point is full
+				// where it must be, and says why.
+				return fail(fmt.Errorf("VM %s disk %s: its qemu exited (or closed the monitor) during the backup: %w; nothing of this point was kept", vm.Name, r.target, err))
+			}
 			return fail(fmt.Errorf("VM %s disk %s: backup: %w", vm.Name, r.target, err))
 		}
 		r.copied = res.TotalProgress
@@ -239,11 +247,23 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 		added = added[1:]
 	}
 
-	// The files: synced, renamed, summed; then the index.
+	// The files: summed while they are synced (the sum reads what the
+	// page cache holds, the sync writes it out), renamed; then the index.
+	sums := make([]string, len(runs))
+	sumErrs := make([]error, len(runs))
+	var summing sync.WaitGroup
+	for i, r := range runs {
+		summing.Go(func() { sums[i], sumErrs[i] = fileSHA256(ctx, r.tmp) })
+	}
+	var syncErr error
 	for _, r := range runs {
-		if err := syncFile(r.tmp); err != nil {
-			return fail(err)
+		if syncErr = syncFile(r.tmp); syncErr != nil {
+			break
 		}
+	}
+	summing.Wait()
+	if err := errors.Join(append([]error{syncErr}, sumErrs...)...); err != nil {
+		return fail(err)
 	}
 	for _, r := range runs {
 		if err := os.Rename(r.tmp, filepath.Join(dir, r.file)); err != nil {
@@ -253,17 +273,12 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 	if err := syncDir(dir); err != nil {
 		return fail(err)
 	}
-	for _, r := range runs {
-		name := filepath.Join(dir, r.file)
-		sum, err := fileSHA256(name)
+	for i, r := range runs {
+		st, err := os.Stat(filepath.Join(dir, r.file))
 		if err != nil {
 			return fail(err)
 		}
-		st, err := os.Stat(name)
-		if err != nil {
-			return fail(err)
-		}
-		p.Disks = append(p.Disks, PointDisk{Target: r.target, File: r.file, Size: r.size, Bytes: st.Size(), Copied: r.copied, SHA256: sum})
+		p.Disks = append(p.Disks, PointDisk{Target: r.target, File: r.file, Size: r.size, Bytes: st.Size(), Copied: r.copied, SHA256: sums[i]})
 	}
 	x.Points = append(x.Points, *p)
 	if err := writeIndex(dir, x); err != nil {
@@ -291,6 +306,17 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 		opts.note("VM %s: the storage daemon did not quit cleanly (%v): the next backup may have to be full", vm.Name, err)
 	}
 	return p, nil
+}
+
+// noSpace adds to an error that is the backup folder's file system being
+// full what it means: nothing was kept, and the run can be repeated once
+// there is room. Jobs report it as QEMU's text, not as an errno.
+func noSpace(err error, dir string) error {
+	if err == nil || strings.Contains(err.Error(), "make room") ||
+		!errors.Is(err, syscall.ENOSPC) && !strings.Contains(strings.ToLower(err.Error()), syscall.ENOSPC.Error()) {
+		return err
+	}
+	return fmt.Errorf("%w (the backup folder %s is full: nothing of this point was kept; make room and run the backup again)", err, dir)
 }
 
 // checkFresh accepts a folder for a first backup: empty, or holding only

@@ -25,10 +25,19 @@
 // new overlay active, qemu was killed and left it inconsistent, an
 // interrupted run) gets a full point, and Create says why.
 //
-// Restore writes a standalone image per disk; Merge folds the oldest
-// points into the oldest point kept (block-stream on a storage daemon);
-// Verify checks every file with qchain's check, the chains and the
-// checksums.
+// A point that cannot be made (the folder's file system is full, the VM's
+// qemu died during the copy) leaves nothing: its files are removed, its
+// new bitmap too where the monitor still answers, and the previous
+// point's bitmap, which an incremental copy reads without changing
+// (bitmap-mode never), still records every write since that point.
+//
+// Restore writes a standalone image per disk (a full backup job into a
+// new qcow2 on a storage daemon, or natively a sparse raw file), checking
+// the chain's checksums while it copies and renaming the images into
+// place only when every one is complete and checked; Merge folds the
+// oldest points into the oldest point kept (block-stream on a storage
+// daemon); Verify checks every file with qchain's check, the chains and
+// the checksums.
 //
 // # Security
 //

@@ -92,7 +92,7 @@ func Merge(ctx context.Context, dir string, keep int, opts MergeOptions) (into i
 		if err := syncFile(name); err != nil {
 			return 0, nil, err
 		}
-		if d.SHA256, err = fileSHA256(name); err != nil {
+		if d.SHA256, err = fileSHA256(context.Background(), name); err != nil {
 			return 0, nil, err
 		}
 		st, err := os.Stat(name)

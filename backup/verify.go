@@ -1,9 +1,11 @@
 package backup
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/qchain/qchain/qcow2"
 )
@@ -47,19 +49,31 @@ func Verify(dir string) (*Index, []Problem, error) {
 
 // checkPointFile checks one disk's file of point p; "" when it is sound.
 func checkPointFile(dir string, x *Index, p *Point, d PointDisk) string {
-	name := filepath.Join(dir, d.File)
-	if _, err := os.Lstat(name); err != nil {
-		return "missing"
-	}
-	if msg := checkStructure(dir, x, p, d); msg != "" {
+	if msg := checkPointStructure(dir, x, p, d); msg != "" {
 		return msg
 	}
-	sum, err := fileSHA256(name)
+	return checkSum(context.Background(), filepath.Join(dir, d.File), d.SHA256)
+}
+
+// checkPointStructure checks that one disk's file of point p exists and
+// that its structure and chain are sound (everything but the checksum,
+// and cheap: it reads metadata only); "" when they are.
+func checkPointStructure(dir string, x *Index, p *Point, d PointDisk) string {
+	if _, err := os.Lstat(filepath.Join(dir, d.File)); err != nil {
+		return "missing"
+	}
+	return checkStructure(dir, x, p, d)
+}
+
+// checkSum compares a file's sha256 with the recorded one; "" when they
+// are equal.
+func checkSum(ctx context.Context, name, want string) string {
+	sum, err := fileSHA256(ctx, name)
 	if err != nil {
 		return err.Error()
 	}
-	if sum != d.SHA256 {
-		return fmt.Sprintf("sha256 %s, recorded %s", sum, d.SHA256)
+	if sum != want {
+		return fmt.Sprintf("sha256 %s, recorded %s", sum, want)
 	}
 	return ""
 }
@@ -102,36 +116,56 @@ func checkStructure(dir string, x *Index, p *Point, d PointDisk) string {
 	return ""
 }
 
-// pointChain returns the files of target's chain at point n, top first,
-// checking each file's structure and checksum.
-func pointChain(dir string, x *Index, n int64, target string) ([]string, error) {
+// chainFile is one file of a disk's chain at a point.
+type chainFile struct {
+	Point *Point
+	Disk  PointDisk
+	// Path is the file in the backup folder.
+	Path string
+}
+
+// chainFiles returns the files of target's chain at point n, bottom (the
+// full point) first, without checking them.
+func chainFiles(dir string, x *Index, n int64, target string) ([]chainFile, error) {
 	p := x.Point(n)
 	if p == nil {
 		return nil, fmt.Errorf("%s: no point %d", dir, n)
 	}
-	if p.Disk(target) == nil {
-		return nil, fmt.Errorf("%s: point %d has no disk %s", dir, n, target)
-	}
-	var points []*Point
+	var files []chainFile
 	for q := p; q != nil; q = x.Previous(q) {
-		if q.Disk(target) == nil {
+		d := q.Disk(target)
+		if d == nil {
 			return nil, fmt.Errorf("%s: point %d has no disk %s", dir, q.Point, target)
 		}
-		points = append(points, q)
+		files = append(files, chainFile{Point: q, Disk: *d, Path: filepath.Join(dir, d.File)})
 		if q.Kind == Full {
 			break
 		}
 	}
+	slices.Reverse(files)
+	return files, nil
+}
+
+// badFile reports a chain file that failed a check.
+func badFile(dir, target string, f chainFile, msg string) error {
+	return fmt.Errorf("%s: point %d disk %s: %s: %s", dir, f.Point.Point, target, f.Disk.File, msg)
+}
+
+// pointChain returns the files of target's chain at point n, top first,
+// checking each file's structure and checksum.
+func pointChain(dir string, x *Index, n int64, target string) ([]string, error) {
+	files, err := chainFiles(dir, x, n, target)
+	if err != nil {
+		return nil, err
+	}
 	// Bottom first: a missing or bad file is named, not found missing
 	// as the backing file of the one above it.
-	files := make([]string, len(points))
-	for i := len(points) - 1; i >= 0; i-- {
-		q := points[i]
-		d := q.Disk(target)
-		if msg := checkPointFile(dir, x, q, *d); msg != "" {
-			return nil, fmt.Errorf("%s: point %d disk %s: %s: %s", dir, q.Point, target, d.File, msg)
+	out := make([]string, len(files))
+	for i, f := range files {
+		if msg := checkPointFile(dir, x, f.Point, f.Disk); msg != "" {
+			return nil, badFile(dir, target, f, msg)
 		}
-		files[i] = filepath.Join(dir, d.File)
+		out[len(files)-1-i] = f.Path
 	}
-	return files, nil
+	return out, nil
 }

@@ -197,3 +197,74 @@ func bkWaitRunning(t *testing.T, ctx context.Context, q *bkQemu, disk string) {
 	}
 	t.Fatal("no backup job running")
 }
+
+// TestBackupLiveQemuKilled kills the VM's qemu (SIGKILL) while a live
+// backup job runs in it: backup create fails with one line that says so,
+// the folder is as it was (the new point's file removed), the images are
+// clean, and the next point, offline, is full because the killed qemu
+// never stored the bitmap of point 1, and says so; the one after is
+// incremental again; every point restores to its content.
+func TestBackupLiveQemuKilled(t *testing.T) {
+	sockDir, err := os.MkdirTemp("", "qbk-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	sock := filepath.Join(sockDir, "qmp")
+	e := newBKEnv(t, "--qmp", sock)
+	q := startBKQemu(t, e, sock)
+	p1, _ := e.backup()
+	if p := e.point(p1); p.kind != "full" || !p.live {
+		t.Fatalf("first live backup: %+v", p)
+	}
+	q.io(t, "vda", "write -P 0x51 40M 4M")
+	before := mustFingerprint(t, e.dir)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	bg := exec.CommandContext(ctx, e.bin, "backup", "create", "--to", e.dir, "--bandwidth", "1", e.vm)
+	bg.Env = append(os.Environ(), "QCHAIN_STATE_DIR="+e.state)
+	var stdout, stderr strings.Builder
+	bg.Stdout, bg.Stderr = &stdout, &stderr
+	if err := bg.Start(); err != nil {
+		t.Fatal(err)
+	}
+	bkWaitRunning(t, ctx, q, "vda")
+	q.cmd.Process.Kill() // the qemu this test started
+	<-q.exited
+	err = bg.Wait()
+	msg := stderr.String()
+	if err == nil {
+		t.Fatalf("backup create while its qemu was killed succeeded: %s", stdout.String())
+	}
+	t.Logf("qemu killed: %s", strings.TrimSpace(msg))
+	if strings.Count(msg, "\n") != 1 || !strings.HasPrefix(msg, "qchain: ") || !strings.Contains(msg, "qemu") || !strings.Contains(msg, "exited") {
+		t.Errorf("backup create while its qemu was killed: want one line that says qemu exited, got %q", msg)
+	}
+	if d := fingerprintDiff(before, mustFingerprint(t, e.dir)); d != "" {
+		t.Errorf("the backup folder changed:\n%s", d)
+	}
+	if ents, _ := os.ReadDir(e.dir); len(ents) != 4 { // backup.json, backup.lock, vda.1, vdb.1
+		var names []string
+		for _, d := range ents {
+			names = append(names, d.Name())
+		}
+		t.Errorf("the backup folder holds %v", names)
+	}
+	for _, disk := range []string{"vda", "vdb"} {
+		e.q.Img("check", e.active(e.vm, disk))
+	}
+	p2, msg := e.backup() // offline
+	// The bitmap of point 1 was added live and never stored (qemu
+	// stores persistent bitmaps when it closes the image): none, or an
+	// inconsistent one if qemu had stored it before.
+	if p := e.point(p2); p2 != p1+1 || p.kind != "full" || !strings.Contains(msg, "qemu did not close the image") {
+		t.Errorf("backup after qemu was killed during one: point %d %+v %q", p2, p, msg)
+	}
+	e.q.IO("qcow2", e.active(e.vm, "vda"), "write -q -P 0x52 44M 64k")
+	p3, _ := e.backup()
+	if p := e.point(p3); p.kind != "incremental" || p.copied["vda"] != 64<<10 || p.copied["vdb"] != 0 {
+		t.Errorf("the incremental after the full one: %+v", p)
+	}
+	e.restoreAll()
+	e.ok("backup", "verify", e.dir)
+}

@@ -226,7 +226,22 @@ func TestBackupOffline(t *testing.T) {
 	if res.ExitCode != 1 || !strings.Contains(string(res.Stdout), fmt.Sprintf("point %d disk vda: vda.%d.qcow2: sha256", p2, p2)) {
 		t.Errorf("verify of a flipped byte: exit %d\n%s%s", res.ExitCode, res.Stdout, res.Stderr)
 	}
-	e.fails([]string{fmt.Sprintf("vda.%d.qcow2", p2), "sha256"}, "backup", "restore", "--point", fmt.Sprint(p3), "--to", filepath.Join(e.root, "r"), e.dir)
+	// restore sums the files while it copies: it fails, and leaves no
+	// image in DEST (a DEST it made is removed, one that was there is
+	// left empty), in both formats.
+	for _, format := range []string{"qcow2", "raw"} {
+		made := filepath.Join(e.root, "r-"+format)
+		e.fails([]string{fmt.Sprintf("vda.%d.qcow2", p2), "sha256", "output is removed"}, "backup", "restore", "--format", format, "--point", fmt.Sprint(p3), "--to", made, e.dir)
+		if _, err := os.Lstat(made); err == nil {
+			t.Errorf("restore --format %s of a point with a flipped byte left %s", format, made)
+		}
+		there := filepath.Join(e.root, "there-"+format)
+		os.Mkdir(there, 0o700)
+		e.fails([]string{fmt.Sprintf("vda.%d.qcow2", p2), "sha256"}, "backup", "restore", "--format", format, "--point", fmt.Sprint(p3), "--to", there, e.dir)
+		if ents, err := os.ReadDir(there); err != nil || len(ents) != 0 {
+			t.Errorf("restore --format %s of a point with a flipped byte into an existing folder left %v (%v)", format, ents, err)
+		}
+	}
 	os.WriteFile(f, orig, 0o644)
 
 	// merge keeps the 4 newest points, with their numbers and content.

@@ -4,12 +4,18 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/qchain/qchain/fixtures"
+	"github.com/qchain/qchain/qcow2"
 	"github.com/qchain/qchain/qmp"
 )
 
@@ -432,5 +438,76 @@ func TestBitmapLive(t *testing.T) {
 			checkClean(t, c.dir, c.active)
 			c.checkContent(t, bin, c.active)
 		})
+	}
+}
+
+// TestBitmapKill9 kills qchain (SIGKILL) while its offline bitmap action
+// has a storage daemon open on the image: the daemon must die with it
+// and release the image. The daemon is held up by a wrapper that moves
+// its QMP socket where qchain does not look, so qchain waits for it.
+func TestBitmapKill9(t *testing.T) {
+	bin := requireTools(t)
+	haveStorageDaemon(t)
+	dir := bitmapTwin(t)
+	daemon, err := exec.LookPath("qemu-storage-daemon")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pidFile := filepath.Join(dir, "daemon.pid")
+	wrapper := filepath.Join(dir, "qsd-hidden.sh")
+	script := "#!/bin/bash\nargs=()\nfor a in \"$@\"; do args+=(\"${a/qmp.sock,/qmp.sock.hidden,}\"); done\n" +
+		"echo $$ > " + pidFile + "\nexec " + daemon + " \"${args[@]}\"\n"
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "bitmap", "--storage-daemon", wrapper, "--add", "img.qcow2", "b9")
+	cmd.Dir = dir
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	defer func() { cmd.Process.Kill(); <-exited }() // the qchain this test started
+	pid := 0
+	for deadline := time.Now().Add(20 * time.Second); pid == 0 && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		b, _ := os.ReadFile(pidFile)
+		if p, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", p)); strings.HasPrefix(string(comm), "qemu-storage") {
+				pid = p
+			}
+		}
+	}
+	if pid == 0 {
+		t.Fatal("the storage daemon did not start")
+	}
+	// Its image is locked while it runs.
+	if err := qcow2.CheckNotInUse(filepath.Join(dir, "img.qcow2")); err == nil {
+		t.Errorf("img.qcow2 is not locked while the daemon (pid %d) runs", pid)
+	}
+	cmd.Process.Kill()
+	<-exited
+	alive := func() bool {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		i := strings.LastIndexByte(string(b), ')')
+		return err == nil && i > 0 && !strings.HasPrefix(string(b[i+1:]), " Z")
+	}
+	for deadline := time.Now().Add(10 * time.Second); alive() && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if alive() {
+		syscall.Kill(pid, syscall.SIGKILL) // the orphan of the qchain this test started
+		t.Fatalf("the storage daemon (pid %d) of the killed qchain bitmap still runs", pid)
+	}
+	// The leader thread shows as a zombie a moment before the last
+	// thread has exited and closed the image.
+	err = qcow2.CheckNotInUse(filepath.Join(dir, "img.qcow2"))
+	for deadline := time.Now().Add(5 * time.Second); err != nil && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+		err = qcow2.CheckNotInUse(filepath.Join(dir, "img.qcow2"))
+	}
+	if err != nil {
+		t.Errorf("after the daemon died: %v", err)
 	}
 }

@@ -127,7 +127,7 @@ func applyOffline(ctx context.Context, image string, req Request, opts Options) 
 	}
 	p.Request = req
 
-	t, err := blockjob.Open(ctx, blockjob.TargetOptions{Image: image, StorageDaemon: opts.StorageDaemon, Notes: opts.Notes})
+	t, err := blockjob.Open(ctx, blockjob.TargetOptions{Image: image, StorageDaemon: opts.StorageDaemon, Notes: opts.Notes, DieWithParent: true})
 	if err != nil {
 		return nil, err
 	}

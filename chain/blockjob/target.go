@@ -50,6 +50,12 @@ type TargetOptions struct {
 	// own, such as dismissing a finished job that a killed qchain left
 	// behind. Nil discards them.
 	Notes io.Writer
+	// DieWithParent kills the offline storage daemon when the process
+	// that started it dies, for callers with nothing to attach to again
+	// (the bitmap actions: a daemon left running would hold the image).
+	// False keeps the block-job commands' daemon running, so that a
+	// killed qchain's job is found and finished by the next one.
+	DieWithParent bool
 }
 
 // Target is where block jobs run: the QMP monitor of a running QEMU
@@ -85,7 +91,7 @@ func Open(ctx context.Context, opts TargetOptions) (*Target, error) {
 	if binary == "" {
 		binary = qmp.StorageDaemonBinary
 	}
-	t, err := startOffline(ctx, opts.Image, binary)
+	t, err := startOffline(ctx, opts.Image, binary, opts.DieWithParent)
 	if err != nil {
 		return nil, err
 	}
@@ -163,7 +169,7 @@ func dial(ctx context.Context, socket string) (*qmp.Conn, error) {
 }
 
 // startOffline opens image's chain in a private qemu-storage-daemon.
-func startOffline(ctx context.Context, image, binary string) (*Target, error) {
+func startOffline(ctx context.Context, image, binary string, dieWithParent bool) (*Target, error) {
 	abs, err := filepath.Abs(image)
 	if err != nil {
 		return nil, err
@@ -180,7 +186,7 @@ func startOffline(ctx context.Context, image, binary string) (*Target, error) {
 	}
 	sctx, cancel := context.WithTimeout(ctx, daemonStartTimeout)
 	defer cancel()
-	d, err := qmp.StartStorageDaemon(sctx, qmp.StorageDaemonOptions{Binary: binary, Blockdevs: devs})
+	d, err := qmp.StartStorageDaemon(sctx, qmp.StorageDaemonOptions{Binary: binary, Blockdevs: devs, DieWithParent: dieWithParent})
 	if err != nil {
 		if errors.Is(err, qmp.ErrNoBinary) {
 			return nil, fmt.Errorf("%s: offline jobs need qemu-storage-daemon, and %q was not found (install Debian's qemu-system-common, give --storage-daemon BINARY, or --qmp SOCKET for a running VM)", image, binary)
