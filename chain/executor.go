@@ -47,6 +47,8 @@ func (o *Offline) Run(s Step) error {
 	switch s.Kind {
 	case StepCreateOverlay:
 		return createOverlay(s.File, s.Backing, s.BackingFmt)
+	case StepCarryBitmaps:
+		return o.carryBitmaps(s)
 	case StepRebase:
 		return qcow2.Rebase(s.File, s.Backing, s.BackingFmt)
 	case StepRemove:

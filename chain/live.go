@@ -99,6 +99,14 @@ func (l *Live) run(ctx context.Context, s Step) (handled bool, err error) {
 	switch s.Kind {
 	case StepLiveSnapshot:
 		return true, l.snapshot(ctx, s)
+	case StepCarryBitmaps:
+		// A running VM's overlays took the bitmaps over in the switch's
+		// transaction. An offline create recovered while the VM runs
+		// leaves them where they are: their user sees them missing on
+		// the active image and does not trust them.
+		if d, _, err := l.diskFor(ctx, s.File); err == nil && d != nil {
+			return true, nil
+		}
 	case StepSaveMemory:
 		return true, l.saveMemory(ctx, s)
 	case StepResume:
@@ -242,7 +250,13 @@ func (l *Live) snapshot(ctx context.Context, s Step) error {
 		return err
 	}
 	defer l.changed()
-	var actions []qmp.TransactionAction
+	// The bitmaps recording into the old active images go on recording
+	// in the new ones from the instant of the switch (see bitmaps.go).
+	bitmaps, err := l.Conn.NodeBitmaps(ctx)
+	if err != nil {
+		return fmt.Errorf("reading the dirty bitmaps: %w", err)
+	}
+	var actions, bitmapActions []qmp.TransactionAction
 	var added []string
 	undo := func() {
 		cctx, cancel := cleanupContext(ctx)
@@ -282,11 +296,12 @@ func (l *Live) snapshot(ctx context.Context, s Step) error {
 			added = append(added, node)
 		}
 		actions = append(actions, qmp.TransactionAction{Type: "blockdev-snapshot", Data: map[string]any{"node": d.Chain[0].NodeName, "overlay": node}})
+		bitmapActions = append(bitmapActions, carryActions(d.Chain[0].NodeName, bitmaps[d.Chain[0].NodeName], node, bitmaps[node])...)
 	}
 	if len(actions) == 0 {
 		return nil
 	}
-	if err := l.Conn.Transaction(ctx, actions, nil); err != nil {
+	if err := l.Conn.Transaction(ctx, append(bitmapActions, actions...), nil); err != nil {
 		undo()
 		return err
 	}
