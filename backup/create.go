@@ -364,6 +364,11 @@ func fullReason(dir string, x *Index, vm *chain.VM, bitmaps map[string][]layerBi
 	case len(last.Disks) != len(vm.Disks):
 		return fmt.Sprintf("the VM has %d disks, point %d had %d", len(vm.Disks), last.Point, len(last.Disks)), nil
 	}
+	if r := vm.LastRevert; r != nil && !r.Time.Before(last.Time) {
+		// The disks went back to the snapshot's state: what they lost
+		// is in no bitmap.
+		return fmt.Sprintf("snapshot revert to %s since point %d", r.Snapshot, last.Point), nil
+	}
 	want := BitmapName(x.ID, last.Point)
 	sources := map[string][]qmp.BlockDirtyBitmap{}
 	for _, d := range vm.Disks {

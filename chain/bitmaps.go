@@ -143,3 +143,120 @@ func (o *Offline) carryBitmaps(s Step) error {
 	}
 	return d.Close(ctx)
 }
+
+// mergeActions are the transaction actions that keep, in node into, the
+// writes recorded by the persistent bitmaps of layers that a commit or a
+// pull removes (from, by node): each is merged into into's bitmap of the
+// same name. With addMissing a name into lacks is added there (persistent,
+// disabled, the source's granularity); without it such a name is left
+// alone (into's user finds it missing). With followRecording into's
+// bitmap is enabled when a source records (into becomes the active image
+// in its place). A source that is inconsistent cannot be merged: into's
+// bitmap of that name is removed instead, so nobody trusts it.
+func mergeActions(from []string, bitmaps map[string][]qmp.DirtyBitmapInfo, into string, addMissing, followRecording bool) []qmp.TransactionAction {
+	type merge struct {
+		sources   []qmp.BlockDirtyBitmap
+		gran      uint64
+		recording bool
+		broken    bool
+	}
+	var names []string
+	byName := map[string]*merge{}
+	for _, node := range from {
+		for _, b := range bitmaps[node] {
+			if !b.Persistent {
+				continue
+			}
+			m := byName[b.Name]
+			if m == nil {
+				m = &merge{gran: b.Granularity}
+				byName[b.Name] = m
+				names = append(names, b.Name)
+			}
+			if b.Inconsistent {
+				m.broken = true
+			}
+			m.recording = m.recording || b.Recording
+			m.sources = append(m.sources, qmp.BlockDirtyBitmap{Node: node, Name: b.Name})
+		}
+	}
+	var actions []qmp.TransactionAction
+	for _, name := range names {
+		m := byName[name]
+		var have *qmp.DirtyBitmapInfo
+		for i, b := range bitmaps[into] {
+			if b.Name == name {
+				have = &bitmaps[into][i]
+			}
+		}
+		switch {
+		case m.broken || have != nil && have.Inconsistent:
+			if have != nil {
+				actions = append(actions, qmp.TransactionAction{Type: qmp.CmdBitmapRemove, Data: qmp.BlockDirtyBitmap{Node: into, Name: name}})
+			}
+			continue
+		case have == nil && !addMissing:
+			continue
+		case have == nil:
+			actions = append(actions, qmp.TransactionAction{Type: qmp.CmdBitmapAdd, Data: qmp.BlockDirtyBitmapAdd{
+				Node: into, Name: name, Granularity: m.gran, Persistent: qmp.Bool(true), Disabled: qmp.Bool(true)}})
+		}
+		if followRecording && m.recording && (have == nil || !have.Recording) {
+			actions = append(actions, qmp.TransactionAction{Type: qmp.CmdBitmapEnable, Data: qmp.BlockDirtyBitmap{Node: into, Name: name}})
+		}
+		actions = append(actions, qmp.TransactionAction{Type: qmp.CmdBitmapMerge, Data: qmp.BlockDirtyBitmapMerge{Node: into, Target: name, Bitmaps: m.sources}})
+	}
+	return actions
+}
+
+// mergeBitmaps runs mergeActions on conn (one transaction).
+func mergeBitmaps(ctx context.Context, conn *qmp.Conn, from []string, into string, addMissing, followRecording bool) error {
+	bitmaps, err := conn.NodeBitmaps(ctx)
+	if err != nil {
+		return fmt.Errorf("reading the dirty bitmaps: %w", err)
+	}
+	actions := mergeActions(from, bitmaps, into, addMissing, followRecording)
+	if len(actions) == 0 {
+		return nil
+	}
+	if err := conn.Transaction(ctx, actions, nil); err != nil {
+		return fmt.Errorf("merging the dirty bitmaps of the layers that go: %w", err)
+	}
+	return nil
+}
+
+// removedLayers returns the files a commit or pull step takes out of the
+// chain: Top for a commit, the layers between File and Base for a pull.
+func removedLayers(s Step) ([]string, error) {
+	if s.Kind == StepCommit {
+		return []string{s.Top}, nil
+	}
+	ch, err := chainOf(s.File)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, f := range ch[1:] {
+		if s.Base != "" && sameFile(f, s.Base) {
+			break
+		}
+		out = append(out, f)
+	}
+	return out, nil
+}
+
+// removesBitmaps reports whether a commit or pull step takes out of the
+// chain a layer holding persistent bitmaps (then the merge runs on a
+// storage daemon even when it copies nothing, to merge them).
+func removesBitmaps(s Step) bool {
+	files, err := removedLayers(s)
+	if err != nil {
+		return true // the job reports the error
+	}
+	for _, f := range files {
+		if has, err := imageHasBitmaps(f); err != nil || has {
+			return true
+		}
+	}
+	return false
+}
