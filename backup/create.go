@@ -382,7 +382,7 @@ func fullReason(dir string, x *Index, vm *chain.VM, bitmaps map[string][]layerBi
 		if size, err := virtualSize(d.Active); err != nil || size != ld.Size {
 			return fmt.Sprintf("disk %s changed size since point %d", d.Target, last.Point), nil
 		}
-		src, reason := bitmapUnion(d.Target, bitmaps[d.Target], want, last.Point, vm.Current)
+		src, reason := bitmapUnion(d.Target, bitmaps[d.Target], want, last.Point)
 		if reason != "" {
 			return reason, nil
 		}

@@ -21,9 +21,8 @@ func unionBitmapName(newBitmap string) string { return "qchain-union-" + newBitm
 // the image that was active at the point: the active image's must be
 // there, recording; each layer below that has it, consistent; and no layer
 // below the first one without it may have it (a gap: the writes recorded
-// by a layer that went are in none of them). current is the VM's current
-// snapshot, for the reason.
-func bitmapUnion(target string, layers []layerBitmaps, want string, point int64, current string) (sources []qmp.BlockDirtyBitmap, reason string) {
+// by a layer that went are in none of them).
+func bitmapUnion(target string, layers []layerBitmaps, want string, point int64) (sources []qmp.BlockDirtyBitmap, reason string) {
 	find := func(l layerBitmaps) *qmp.DirtyBitmapInfo {
 		for i := range l.Bitmaps {
 			if l.Bitmaps[i].Name == want {
@@ -42,12 +41,8 @@ func bitmapUnion(target string, layers []layerBitmaps, want string, point int64,
 			if find(l) == nil {
 				continue
 			}
-			since := "a snapshot revert"
-			if current != "" {
-				since = "snapshot revert to " + current
-			}
-			return nil, fmt.Sprintf("disk %s: %s since point %d: its active image %s has no bitmap %s, which %s below has (or a snapshot was interrupted before the bitmaps moved)",
-				target, since, point, filepath.Base(layers[0].File), want, filepath.Base(l.File))
+			return nil, fmt.Sprintf("disk %s: its active image %s has no bitmap %s, which %s below has (a snapshot operation was interrupted before the bitmaps moved, or the disk was reverted, since point %d)",
+				target, filepath.Base(layers[0].File), want, filepath.Base(l.File), point)
 		}
 		return nil, fmt.Sprintf("disk %s: its active image %s has no bitmap %s (a snapshot operation could not keep it, or qemu did not close the image)", target, filepath.Base(layers[0].File), want)
 	case top.Inconsistent:
