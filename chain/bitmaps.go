@@ -21,15 +21,17 @@ import (
 //     transaction that switches the disk (offline: StepCarryBitmaps, on a
 //     storage daemon, right after the overlay is created).
 //   - delete: the bitmaps of the layers a commit or a pull removes are
-//     merged into the same-named bitmaps of the layer that stays (added
-//     there when missing, enabled when the removed one recorded). Where
-//     that cannot be done (the surviving layer is a read-only backing node
-//     of the running VM), the removed layers' bitmap names are removed
-//     from the active image instead, so that nobody takes an incremental
-//     from a union that misses writes.
-//   - revert: the new overlay gets no bitmap; the discarded branch's
-//     writes are in no bitmap that stays, so an incremental must not be
-//     made from them.
+//     merged into the same-named bitmaps of a layer that stays. Offline
+//     that is the surviving layer (added there when missing, enabled when
+//     the removed one recorded); live an active commit merges into its
+//     base while the job is ready (the base is writable under the job,
+//     and guest writes go on being copied into it until the switch),
+//     other jobs merge into the active image, the one writable layer of a
+//     running chain (its bitmap then also marks older writes: a bigger
+//     incremental, never a wrong one).
+//   - revert: the new overlay gets no bitmap, and VM.LastRevert records
+//     the revert: the discarded branch's writes are in no bitmap that
+//     stays, so an incremental must not be made across it.
 //
 // A user of the bitmaps (package backup) takes the union of a name over
 // the layers that hold it contiguously from the active image down.
