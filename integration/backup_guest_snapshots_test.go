@@ -12,8 +12,8 @@ import (
 
 // TestBackupGuestSnapshots backs up a real guest's disk across live
 // snapshot operations while the guest writes acknowledged records (issue
-// 11): a snapshot create, a delete by active commit and a delete by pull
-// each come before an incremental point, which must be incremental and
+// 11): a snapshot create, a delete by active commit, a delete by pull and
+// a checkpoint with memory each come before an incremental point, which must be incremental and
 // hold every record acknowledged before its backup began, intact and in
 // order, as must its restore.
 func TestBackupGuestSnapshots(t *testing.T) {
@@ -46,6 +46,7 @@ func TestBackupGuestSnapshots(t *testing.T) {
 		{{"snapshot", "create", e.vm, "s1"}},
 		{{"snapshot", "create", e.vm, "s2"}, {"snapshot", "delete", "--merge=commit", e.vm, "s2"}},
 		{{"snapshot", "create", e.vm, "s3"}, {"snapshot", "delete", "--merge=pull", e.vm, "s3"}},
+		{{"snapshot", "create", "--memory", e.vm, "c1"}},
 	}
 	for i, ops := range steps {
 		for _, op := range ops {
