@@ -87,8 +87,12 @@ func TestBackupGuestSnapshots(t *testing.T) {
 			t.Errorf("point %d: %v", p.point, err)
 			continue
 		}
-		if onDisk > p.after {
-			t.Errorf("point %d holds records up to %d, more than the %d acknowledged when its backup ended", p.point, onDisk, p.after)
+		// The guest writes one record at a time and acknowledges it on
+		// its console after the flush: one record may be on the disk
+		// before its ACK line reached the test, which an incremental of
+		// a few hundred KiB can outrun.
+		if onDisk > p.after+1 {
+			t.Errorf("point %d holds records up to %d, more than the %d acknowledged when its backup ended (+1 in flight)", p.point, onDisk, p.after)
 		}
 		t.Logf("point %d: records 1..%d (acknowledged: %d before the backup, %d after)", p.point, onDisk, p.before, p.after)
 		dest := filepath.Join(e.root, fmt.Sprintf("restore-%d", p.point))
