@@ -124,11 +124,13 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 	} else {
 		p.Time = time.Now().UTC().Truncate(time.Second)
 	}
-	if reason := fullReason(dir, x, vm, bitmaps, opts.Full); reason != "" {
+	reason, sources := fullReason(dir, x, vm, bitmaps, opts.Full)
+	if reason != "" {
 		p.Kind, p.Reason = Full, reason
 		opts.note("point %d is full: %s", number, reason)
 	}
 	newBitmap := BitmapName(x.ID, number)
+	union := unionBitmapName(newBitmap)
 
 	// Targets: a new image per disk under a temporary name.
 	type diskRun struct {
@@ -151,6 +153,9 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 		}
 		for _, r := range runs {
 			_ = s.conn.BitmapRemove(bg, qmp.BlockDirtyBitmap{Node: s.disks[r.target].Node, Name: newBitmap})
+			if len(sources[r.target]) > 1 {
+				_ = s.conn.BitmapRemove(bg, qmp.BlockDirtyBitmap{Node: s.disks[r.target].Node, Name: union})
+			}
 			os.Remove(r.tmp)
 		}
 	}
@@ -192,11 +197,30 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 		added = append(added, r.node)
 		// A bitmap of this point's name is left by an interrupted run
 		// (the index never listed the point): it is not what it says.
-		for _, b := range bitmaps[d.Target] {
-			if b.Name == newBitmap {
-				if err := s.conn.BitmapRemove(ctx, qmp.BlockDirtyBitmap{Node: s.disks[d.Target].Node, Name: newBitmap}); err != nil {
-					return fail(fmt.Errorf("VM %s disk %s: removing the stale bitmap %s: %w", vm.Name, d.Target, newBitmap, err))
+		var top []qmp.DirtyBitmapInfo
+		if l := bitmaps[d.Target]; len(l) > 0 {
+			top = l[0].Bitmaps
+		}
+		for _, b := range top {
+			if b.Name == newBitmap || b.Name == union {
+				if err := s.conn.BitmapRemove(ctx, qmp.BlockDirtyBitmap{Node: s.disks[d.Target].Node, Name: b.Name}); err != nil {
+					return fail(fmt.Errorf("VM %s disk %s: removing the stale bitmap %s: %w", vm.Name, d.Target, b.Name, err))
 				}
+			}
+		}
+		// Writes since the last point are in the previous point's
+		// bitmaps of several layers (snapshots since): their union is
+		// gathered, in the transaction below, into a bitmap of the
+		// active node that the job copies from.
+		if p.Kind == Incremental && len(sources[d.Target]) > 1 {
+			var gran uint64
+			for _, b := range top {
+				if b.Name == BitmapName(x.ID, last.Point) {
+					gran = b.Granularity
+				}
+			}
+			if err := s.conn.BitmapAdd(ctx, qmp.BlockDirtyBitmapAdd{Node: s.disks[d.Target].Node, Name: union, Granularity: gran, Disabled: qmp.Bool(true)}); err != nil {
+				return fail(fmt.Errorf("VM %s disk %s: adding bitmap %s: %w", vm.Name, d.Target, union, err))
 			}
 		}
 	}
@@ -210,6 +234,10 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 		b := qmp.BlockdevBackup{JobID: qmp.JobID("backup", r.target), Device: sd.Device, Target: r.node, Sync: qmp.SyncFull, Speed: opts.Speed}
 		if p.Kind == Incremental {
 			b.Sync, b.Bitmap, b.BitmapMode = qmp.SyncBitmap, BitmapName(x.ID, last.Point), qmp.BitmapModeNever
+			if src := sources[r.target]; len(src) > 1 {
+				actions = append(actions, qmp.TransactionAction{Type: qmp.CmdBitmapMerge, Data: qmp.BlockDirtyBitmapMerge{Node: sd.Node, Target: union, Bitmaps: src}})
+				b.Bitmap = union
+			}
 		}
 		actions = append(actions, b.Action())
 	}
@@ -239,6 +267,11 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 			return fail(fmt.Errorf("VM %s disk %s: backup: %w", vm.Name, r.target, err))
 		}
 		r.copied = res.TotalProgress
+		if len(sources[r.target]) > 1 {
+			if err := s.conn.BitmapRemove(ctx, qmp.BlockDirtyBitmap{Node: s.disks[r.target].Node, Name: union}); err != nil {
+				opts.note("VM %s disk %s: removing the bitmap %s: %v", vm.Name, r.target, union, err)
+			}
+		}
 	}
 	for _, r := range runs {
 		if err := s.conn.BlockdevDel(ctx, r.node); err != nil {
@@ -290,10 +323,16 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 		return fail(err)
 	}
 
-	// The point is stored: the bitmaps of earlier points go.
+	// The point is stored: the bitmaps of earlier points go from the
+	// active images. Those of the layers below stay (read-only nodes of a
+	// running VM; disabled, under names no later point asks for).
 	for _, r := range runs {
 		sd := s.disks[r.target]
-		for _, b := range bitmaps[r.target] {
+		var top []qmp.DirtyBitmapInfo
+		if l := bitmaps[r.target]; len(l) > 0 {
+			top = l[0].Bitmaps
+		}
+		for _, b := range top {
 			if strings.HasPrefix(b.Name, BitmapPrefix(x.ID)) && b.Name != newBitmap {
 				if err := s.conn.BitmapRemove(ctx, qmp.BlockDirtyBitmap{Node: sd.Node, Name: b.Name}); err != nil {
 					opts.note("VM %s disk %s: removing the old bitmap %s: %v", vm.Name, r.target, b.Name, err)
@@ -337,48 +376,45 @@ func checkFresh(dir string) error {
 }
 
 // fullReason says why the next point must be full, or "" if it can be
-// incremental: the previous point's bitmap must be on every disk's active
-// image, recording and consistent, and the disks as they were.
-func fullReason(dir string, x *Index, vm *chain.VM, bitmaps map[string][]qmp.DirtyBitmapInfo, full bool) string {
+// incremental, and then returns per disk the bitmaps whose union the
+// incremental copies (bitmapUnion): the disks must be as they were, and
+// the previous point's bitmap on every disk's active image, recording and
+// consistent, and on the layers below it that snapshots made since.
+func fullReason(dir string, x *Index, vm *chain.VM, bitmaps map[string][]layerBitmaps, full bool) (string, map[string][]qmp.BlockDirtyBitmap) {
 	last := x.Last()
 	switch {
 	case last == nil:
-		return "first point in this folder"
+		return "first point in this folder", nil
 	case full:
-		return "asked for (--full)"
+		return "asked for (--full)", nil
 	case len(last.Disks) != len(vm.Disks):
-		return fmt.Sprintf("the VM has %d disks, point %d had %d", len(vm.Disks), last.Point, len(last.Disks))
+		return fmt.Sprintf("the VM has %d disks, point %d had %d", len(vm.Disks), last.Point, len(last.Disks)), nil
+	}
+	if r := vm.LastRevert; r != nil && !r.Time.Before(last.Time) {
+		// The disks went back to the snapshot's state: what they lost
+		// is in no bitmap.
+		return fmt.Sprintf("snapshot revert to %s since point %d", r.Snapshot, last.Point), nil
 	}
 	want := BitmapName(x.ID, last.Point)
+	sources := map[string][]qmp.BlockDirtyBitmap{}
 	for _, d := range vm.Disks {
 		ld := last.Disk(d.Target)
 		if ld == nil {
-			return fmt.Sprintf("disk %s is not in point %d", d.Target, last.Point)
+			return fmt.Sprintf("disk %s is not in point %d", d.Target, last.Point), nil
 		}
 		if _, err := os.Stat(filepath.Join(dir, ld.File)); err != nil {
-			return fmt.Sprintf("point %d's file %s is missing", last.Point, ld.File)
+			return fmt.Sprintf("point %d's file %s is missing", last.Point, ld.File), nil
 		}
 		if size, err := virtualSize(d.Active); err != nil || size != ld.Size {
-			return fmt.Sprintf("disk %s changed size since point %d", d.Target, last.Point)
+			return fmt.Sprintf("disk %s changed size since point %d", d.Target, last.Point), nil
 		}
-		var found *qmp.DirtyBitmapInfo
-		for i, b := range bitmaps[d.Target] {
-			if b.Name == want {
-				found = &bitmaps[d.Target][i]
-			}
+		src, reason := bitmapUnion(d.Target, bitmaps[d.Target], want, last.Point)
+		if reason != "" {
+			return reason, nil
 		}
-		switch {
-		case found == nil:
-			return fmt.Sprintf("disk %s: its active image %s has no bitmap %s (a snapshot made a new image active since point %d, or qemu did not close the image)", d.Target, filepath.Base(d.Active), want, last.Point)
-		case found.Inconsistent:
-			return fmt.Sprintf("disk %s: bitmap %s is inconsistent (qemu did not close the image cleanly)", d.Target, want)
-		case !found.Recording:
-			return fmt.Sprintf("disk %s: bitmap %s is disabled", d.Target, want)
-		case found.Busy:
-			return fmt.Sprintf("disk %s: bitmap %s is in use by another job", d.Target, want)
-		}
+		sources[d.Target] = src
 	}
-	return ""
+	return "", sources
 }
 
 // virtualSize is the guest size of an image.

@@ -21,9 +21,25 @@
 // falls between two points; the previous bitmap is removed once the new
 // point is stored. The transaction runs in the VM's qemu when its monitor
 // answers (live), otherwise in a private qemu-storage-daemon (offline).
-// A disk whose active image lacks the expected bitmap (a snapshot made a
-// new overlay active, qemu was killed and left it inconsistent, an
-// interrupted run) gets a full point, and Create says why.
+// Snapshot operations keep the bitmaps meaningful (package chain): a
+// snapshot moves each recording bitmap to the new active image and
+// disables it below, a delete merges the removed layers' bitmaps into a
+// layer that stays. So the writes since point N are in the union of
+// BitmapName(id, N) over the active image and the layers below it that
+// hold it, contiguously (bitmapUnion); an incremental merges them, in the
+// transaction that starts its job, into a temporary disabled bitmap of
+// the active node (unionBitmapName) that blockdev-backup copies from, and
+// removes it after. The previous points' bitmaps are removed from the
+// active images only: those below are read-only nodes of a running VM,
+// and a disabled bitmap of an older point is never asked for again.
+//
+// A point is full, and Create says why, after a revert since the previous
+// point (chain.VM.LastRevert: what the disks lost is in no bitmap), when
+// a disk's active image lacks the expected bitmap (an interrupted snapshot
+// operation, qemu killed before it stored the bitmap, an interrupted run)
+// or has it disabled, inconsistent or busy, when a layer between the
+// active image and one that holds it lacks it, or when the disks changed.
+// An incremental is never made from bitmaps that may miss a write.
 //
 // A point that cannot be made (the folder's file system is full, the VM's
 // qemu died during the copy) leaves nothing: its files are removed, its

@@ -26,6 +26,19 @@ type sessionDisk struct {
 	Device string
 	// Node is the top format node, where the bitmaps are.
 	Node string
+	// Layers are the disk's format nodes from the top (Node) down.
+	Layers []sessionLayer
+}
+
+// sessionLayer is one image of a disk's chain in the monitor.
+type sessionLayer struct {
+	Node, File string
+}
+
+// layerBitmaps are the bitmaps of one layer of a disk.
+type layerBitmaps struct {
+	sessionLayer
+	Bitmaps []qmp.DirtyBitmapInfo
 }
 
 // daemonStartTimeout bounds the start of a storage daemon.
@@ -57,6 +70,7 @@ func openSession(ctx context.Context, vm *chain.VM, storageDaemon string) (*sess
 			return nil, fmt.Errorf("VM %s disk %s: %w", vm.Name, d.Target, err)
 		}
 		prefix := fmt.Sprintf("d%d-", i)
+		var layers []sessionLayer
 		for _, bd := range bds {
 			m, ok := bd.(map[string]any)
 			if !ok {
@@ -66,9 +80,13 @@ func openSession(ctx context.Context, vm *chain.VM, storageDaemon string) (*sess
 			if b, ok := m["backing"].(string); ok {
 				m["backing"] = prefix + b
 			}
+			file, _ := m["file"].(map[string]any)
+			name, _ := file["filename"].(string)
+			// DaemonBlockdevs lists the base first.
+			layers = append([]sessionLayer{{Node: m["node-name"].(string), File: name}}, layers...)
 			blockdevs = append(blockdevs, m)
 		}
-		s.disks[d.Target] = sessionDisk{Device: prefix + "l0", Node: prefix + "l0"}
+		s.disks[d.Target] = sessionDisk{Device: prefix + "l0", Node: prefix + "l0", Layers: layers}
 	}
 	sctx, cancel := context.WithTimeout(ctx, daemonStartTimeout)
 	defer cancel()
@@ -94,7 +112,11 @@ func (s *session) liveDisks(ctx context.Context, vm *chain.VM) error {
 		if top := qmp.PlainFilename(rd.Chain[0].Filename); !chain.SameFile(top, d.Active) {
 			return fmt.Errorf("VM %s disk %s: the running qemu writes to %s, but the metadata says %s", vm.Name, d.Target, top, d.Active)
 		}
-		s.disks[d.Target] = sessionDisk{Device: rd.Name(), Node: rd.Chain[0].NodeName}
+		sd := sessionDisk{Device: rd.Name(), Node: rd.Chain[0].NodeName}
+		for _, l := range rd.Chain {
+			sd.Layers = append(sd.Layers, sessionLayer{Node: l.NodeName, File: qmp.PlainFilename(l.Filename)})
+		}
+		s.disks[d.Target] = sd
 	}
 	return nil
 }
@@ -110,15 +132,18 @@ func (s *session) close() error {
 	return s.conn.Close()
 }
 
-// bitmaps returns the bitmaps of each disk's top node, by target.
-func (s *session) bitmaps(ctx context.Context) (map[string][]qmp.DirtyBitmapInfo, error) {
+// bitmaps returns the bitmaps of each layer of each disk, top first, by
+// target.
+func (s *session) bitmaps(ctx context.Context) (map[string][]layerBitmaps, error) {
 	byNode, err := s.conn.NodeBitmaps(ctx)
 	if err != nil {
 		return nil, err
 	}
-	out := map[string][]qmp.DirtyBitmapInfo{}
+	out := map[string][]layerBitmaps{}
 	for t, d := range s.disks {
-		out[t] = byNode[d.Node]
+		for _, l := range d.Layers {
+			out[t] = append(out[t], layerBitmaps{sessionLayer: l, Bitmaps: byNode[l.Node]})
+		}
 	}
 	return out, nil
 }

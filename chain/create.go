@@ -46,6 +46,17 @@ func (m *Manager) CreateSnapshot(vmName, name, description string, quiesce bool)
 	}
 	if ex.Live != nil {
 		j.Steps = append(j.Steps, live)
+	} else {
+		for i, d := range vm.Disks {
+			carries, err := imageCarries(d.Active)
+			if err != nil {
+				return nil, fmt.Errorf("VM %s disk %s: %w", vm.Name, d.Target, err)
+			}
+			if carries {
+				j.Steps = append(j.Steps, Step{Kind: StepCarryBitmaps, Target: d.Target, File: final.Disks[i].Active, Base: d.Active,
+					Why: "the dirty bitmaps recording into " + filepath.Base(d.Active) + " go on recording in the new active image"})
+			}
+		}
 	}
 	final.Snapshots = append(final.Snapshots, snap)
 	final.Current = name

@@ -95,7 +95,27 @@
 // image holding internal snapshots out of every chain, nor changes the
 // backing file they read through.
 //
+// # Dirty bitmaps
+//
+// Snapshot operations keep the disks' persistent dirty bitmaps (those of
+// incremental backups, and any other) meaningful, as QEMU's
+// docs/interop/bitmaps.rst and libvirt do (bitmaps.go): create moves each
+// persistent, enabled bitmap of the old active image to the new overlay
+// (same name and granularity) and disables the old one, in the switch's
+// transaction live, or in StepCarryBitmaps offline; delete merges the
+// bitmaps of the layers a commit or a pull removes into the layer that
+// stays (live: an active commit into its base while the job is ready,
+// other jobs into the active image; offline: into the surviving layer, on
+// the storage daemon, also for a merge that copies nothing). The union of
+// a name over the layers holding it from the active image down thus
+// records every write since the bitmap was added. A revert records itself
+// in VM.LastRevert: the disks then lost writes that no bitmap shows, and a
+// bitmap user must not trust them across it. Where a step is interrupted,
+// a bitmap is missing from the active image or left in use (inconsistent),
+// never silently wrong.
+//
 // Merges that copy nothing (a commit of an overlay nothing was written
 // into, a pull of a layer the image above reads nothing from) run natively
-// offline, as a backing file rewrite at most, without a storage daemon.
+// offline, as a backing file rewrite at most, without a storage daemon,
+// unless a layer they remove holds bitmaps to merge.
 package chain

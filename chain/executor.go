@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/qchain/qchain/qcow2"
@@ -47,6 +48,8 @@ func (o *Offline) Run(s Step) error {
 	switch s.Kind {
 	case StepCreateOverlay:
 		return createOverlay(s.File, s.Backing, s.BackingFmt)
+	case StepCarryBitmaps:
+		return o.carryBitmaps(s)
 	case StepRebase:
 		return qcow2.Rebase(s.File, s.Backing, s.BackingFmt)
 	case StepRemove:
@@ -57,8 +60,10 @@ func (o *Offline) Run(s Step) error {
 		}
 		return syncDir(filepath.Dir(s.File))
 	case StepPull, StepCommit:
-		if done, err := emptyMerge(s); done || err != nil {
-			return err
+		if !removesBitmaps(s) {
+			if done, err := emptyMerge(s); done || err != nil {
+				return err
+			}
 		}
 		return o.job(s)
 	case StepLiveSnapshot, StepSaveMemory, StepResume, StepInternalSave:
@@ -204,14 +209,37 @@ func (o *Offline) job(s Step) error {
 	}
 	defer d.Close(context.Background())
 	var starter qmp.JobStarter
+	var reenable []qmp.TransactionAction
 	switch s.Kind {
 	case StepPull:
 		js := qmp.BlockStream{JobID: "qchain-pull", Device: g.nodes[0]}
+		removed := g.nodes[1:]
 		if s.Base != "" {
 			if js.BaseNode, err = g.node(s.Base); err != nil {
 				return err
 			}
 			js.BackingFile = s.Backing
+			removed = g.nodes[1:slices.Index(g.nodes, js.BaseNode)]
+		}
+		// The bitmaps of the layers that go are merged into File's;
+		// File's recording ones pause meanwhile, so that the data the
+		// stream copies (no guest writes offline) marks nothing.
+		bms, err := d.Conn.NodeBitmaps(ctx)
+		if err != nil {
+			return err
+		}
+		var pause []qmp.TransactionAction
+		for _, b := range bms[g.nodes[0]] {
+			if b.Persistent && b.Recording && !b.Inconsistent {
+				bb := qmp.BlockDirtyBitmap{Node: g.nodes[0], Name: b.Name}
+				pause = append(pause, qmp.TransactionAction{Type: qmp.CmdBitmapDisable, Data: bb})
+				reenable = append(reenable, qmp.TransactionAction{Type: qmp.CmdBitmapEnable, Data: bb})
+			}
+		}
+		if actions := append(pause, mergeActions(removed, bms, g.nodes[0], true, false)...); len(actions) > 0 {
+			if err := d.Conn.Transaction(ctx, actions, nil); err != nil {
+				return fmt.Errorf("merging the dirty bitmaps of the layers that go into %s: %w", s.File, err)
+			}
 		}
 		starter = js
 	case StepCommit:
@@ -232,8 +260,28 @@ func (o *Offline) job(s Step) error {
 	if o.Progress != nil {
 		opts.Progress = func(cur, total int64) { o.Progress(s, cur, total) }
 	}
+	if s.Kind == StepCommit {
+		// Ready: the data is in Base, which is writable under the job;
+		// Top's bitmaps are merged into it before Top goes (after the
+		// copy, which so marks nothing).
+		opts.OnReady = qmp.ReadyReturn
+		if _, err := job.Wait(ctx, opts); err != nil {
+			return err
+		}
+		if err := mergeBitmaps(ctx, d.Conn, g.nodes[:1], g.nodes[1], true, true); err != nil {
+			// No pivot: Top stays, and so do its bitmaps.
+			job.Wait(ctx, qmp.WaitOptions{OnReady: qmp.ReadyCancel})
+			return err
+		}
+		opts.OnReady = qmp.ReadyPivot
+	}
 	if _, err := job.Wait(ctx, opts); err != nil {
 		return err
+	}
+	if len(reenable) > 0 {
+		if err := d.Conn.Transaction(ctx, reenable, nil); err != nil {
+			return fmt.Errorf("enabling the dirty bitmaps of %s again: %w", s.File, err)
+		}
 	}
 	return d.Close(ctx)
 }

@@ -223,6 +223,7 @@ func (m *Manager) revertInternal(l *Locked, s *Snapshot, o RevertOptions) (*Plan
 	}
 	final := clone(vm)
 	final.Current = s.Name
+	final.LastRevert = &Revert{Snapshot: s.Name, Time: m.now()}
 	p := &Plan{VM: vm.Name, Op: "revert", Snapshot: s.Name, Steps: []Step{step}, Final: final, Before: map[string]string{}, After: map[string]string{}}
 	j := &Journal{Op: "revert", Snapshot: s.Name, Started: m.now(), Steps: p.Steps, Final: final, Live: live}
 	ex, done, err := m.executor(vm)

@@ -18,6 +18,10 @@ const (
 	// StepLiveSnapshot makes the overlays of Targets the running VM's
 	// active images in one QMP transaction.
 	StepLiveSnapshot = "live-snapshot"
+	// StepCarryBitmaps gives File, the new overlay of Base, the
+	// persistent bitmaps that record Base's writes, and disables them on
+	// Base (offline; live, StepLiveSnapshot does it in its transaction).
+	StepCarryBitmaps = "carry-bitmaps"
 	// StepPull copies into File every byte it reads through its backing
 	// chain down to (not including) Base; "" pulls everything. File's
 	// backing file becomes Base. Offline, a pull with nothing to copy is
@@ -103,6 +107,8 @@ func (s Step) String() string {
 		return fmt.Sprintf("create overlay %s on %s", s.File, s.Backing)
 	case StepLiveSnapshot:
 		return fmt.Sprintf("switch the running VM's disks %v to new overlays in one transaction", s.Targets)
+	case StepCarryBitmaps:
+		return fmt.Sprintf("move the dirty bitmaps recording into %s to %s", s.Base, s.File)
 	case StepPull:
 		base := s.Base
 		if base == "" {

@@ -99,6 +99,14 @@ func (l *Live) run(ctx context.Context, s Step) (handled bool, err error) {
 	switch s.Kind {
 	case StepLiveSnapshot:
 		return true, l.snapshot(ctx, s)
+	case StepCarryBitmaps:
+		// A running VM's overlays took the bitmaps over in the switch's
+		// transaction. An offline create recovered while the VM runs
+		// leaves them where they are: their user sees them missing on
+		// the active image and does not trust them.
+		if d, _, err := l.diskFor(ctx, s.File); err == nil && d != nil {
+			return true, nil
+		}
 	case StepSaveMemory:
 		return true, l.saveMemory(ctx, s)
 	case StepResume:
@@ -133,6 +141,9 @@ func (l *Live) run(ctx context.Context, s Step) (handled bool, err error) {
 			js.BaseNode = d.Chain[bidx].NodeName
 			js.BackingFile = s.Backing
 		}
+		if err := l.keepBitmaps(ctx, d, idx+1, s.Base); err != nil {
+			return true, err
+		}
 		defer l.changed()
 		return true, l.wait(ctx, s, js)
 	case StepCommit:
@@ -144,17 +155,20 @@ func (l *Live) run(ctx context.Context, s Step) (handled bool, err error) {
 			return true, fmt.Errorf("%s has no backing file in the running VM", s.Top)
 		}
 		jc := qmp.BlockCommit{JobID: qmp.JobID("commit", d.Name()), Device: d.Chain[0].NodeName, BaseNode: d.Chain[idx+1].NodeName}
+		defer l.changed()
 		if idx == 0 {
 			// An active commit: nothing is left to decide after
 			// job-complete, so QEMU finalizes (see qmp.BlockCommit).
 			jc.AutoFinalize = qmp.Bool(true)
-		} else {
-			jc.TopNode = d.Chain[idx].NodeName
-			// Name the base in the header of the image above as qchain
-			// names backing files (else qemu writes a json: name).
-			jc.BackingFile = relName(qmp.PlainFilename(d.Chain[idx-1].Filename), s.Base)
+			return true, l.activeCommit(ctx, s, jc, d.Chain[0].NodeName, d.Chain[1].NodeName)
 		}
-		defer l.changed()
+		jc.TopNode = d.Chain[idx].NodeName
+		// Name the base in the header of the image above as qchain
+		// names backing files (else qemu writes a json: name).
+		jc.BackingFile = relName(qmp.PlainFilename(d.Chain[idx-1].Filename), s.Base)
+		if err := l.keepBitmaps(ctx, d, idx, s.Base); err != nil {
+			return true, err
+		}
 		return true, l.wait(ctx, s, jc)
 	case StepRebase:
 		// A file the running VM has open is rewritten by qemu itself (the
@@ -235,6 +249,53 @@ func (l *Live) wait(ctx context.Context, s Step, js qmp.JobStarter) error {
 	return err
 }
 
+// activeCommit runs an active commit of node top into node base. When
+// the job is ready (the data is in base, writable under the job, and
+// every guest write goes on being copied there until the switch), top's
+// bitmaps are merged into base's, added there where missing, and enabled
+// where top's record, before job-complete makes base the active image.
+func (l *Live) activeCommit(ctx context.Context, s Step, jc qmp.BlockCommit, top, base string) error {
+	job, err := qmp.StartJob(ctx, l.Conn, jc)
+	if err != nil {
+		return err
+	}
+	opts := qmp.WaitOptions{OnReady: qmp.ReadyReturn}
+	if l.Progress != nil {
+		opts.Progress = func(cur, total int64) { l.Progress(s, cur, total) }
+	}
+	if _, err := job.Wait(ctx, opts); err != nil {
+		return err
+	}
+	if err := mergeBitmaps(ctx, l.Conn, []string{top}, base, true, true); err != nil {
+		// No switch: top stays active with its bitmaps.
+		job.Wait(ctx, qmp.WaitOptions{OnReady: qmp.ReadyCancel})
+		return err
+	}
+	opts.OnReady = qmp.ReadyPivot
+	_, err = job.Wait(ctx, opts)
+	return err
+}
+
+// keepBitmaps merges, before a pull or a commit that is not an active
+// commit runs on running disk d, the persistent bitmaps of the layers it
+// removes (from index from down to, not including, file base; "" for
+// all) into the same-named bitmaps of the active image: the layer that
+// survives is a read-only backing node, and the active image is the one
+// writable layer of the chain. The union of a name over the chain so
+// still holds every write it recorded (and more: the active image's
+// bitmap now marks writes older than the snapshot). Names the active
+// image lacks are not kept: their union was broken already.
+func (l *Live) keepBitmaps(ctx context.Context, d *qmp.Disk, from int, base string) error {
+	var removed []string
+	for _, layer := range d.Chain[from:] {
+		if base != "" && same(qmp.PlainFilename(layer.Filename), base) {
+			break
+		}
+		removed = append(removed, layer.NodeName)
+	}
+	return mergeBitmaps(ctx, l.Conn, removed, d.Chain[0].NodeName, false, false)
+}
+
 // snapshot adds the prepared overlays and makes them active in one
 // transaction; if they already are (a step run again), it does nothing.
 func (l *Live) snapshot(ctx context.Context, s Step) error {
@@ -246,7 +307,13 @@ func (l *Live) snapshot(ctx context.Context, s Step) error {
 		return err
 	}
 	defer l.changed()
-	var actions []qmp.TransactionAction
+	// The bitmaps recording into the old active images go on recording
+	// in the new ones from the instant of the switch (see bitmaps.go).
+	bitmaps, err := l.Conn.NodeBitmaps(ctx)
+	if err != nil {
+		return fmt.Errorf("reading the dirty bitmaps: %w", err)
+	}
+	var actions, bitmapActions []qmp.TransactionAction
 	var added []string
 	undo := func() {
 		cctx, cancel := cleanupContext(ctx)
@@ -286,11 +353,12 @@ func (l *Live) snapshot(ctx context.Context, s Step) error {
 			added = append(added, node)
 		}
 		actions = append(actions, qmp.TransactionAction{Type: "blockdev-snapshot", Data: map[string]any{"node": d.Chain[0].NodeName, "overlay": node}})
+		bitmapActions = append(bitmapActions, carryActions(d.Chain[0].NodeName, bitmaps[d.Chain[0].NodeName], node, bitmaps[node])...)
 	}
 	if len(actions) == 0 {
 		return nil
 	}
-	if err := l.Conn.Transaction(ctx, actions, nil); err != nil {
+	if err := l.Conn.Transaction(ctx, append(bitmapActions, actions...), nil); err != nil {
 		undo()
 		return err
 	}

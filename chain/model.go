@@ -34,6 +34,17 @@ type VM struct {
 	// Originals are the VM's files, which a snapshot operation removes
 	// once nothing needs them (see the package doc).
 	Originals []string `json:"originals,omitempty"`
+	// LastRevert is the VM's latest revert, if any: what its disks hold
+	// since then differs from what they held before by writes no dirty
+	// bitmap recorded (see bitmaps.go), so a user of the bitmaps (an
+	// incremental backup from before it) must not trust them.
+	LastRevert *Revert `json:"last_revert,omitempty"`
+}
+
+// Revert records a revert of a VM to a snapshot.
+type Revert struct {
+	Snapshot string    `json:"snapshot"`
+	Time     time.Time `json:"time"`
 }
 
 // Disk is one disk of a VM.

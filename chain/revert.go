@@ -102,6 +102,7 @@ func (m *Manager) planRevert(vm *VM, s *Snapshot, force bool) (*Plan, error) {
 		p.Changed = append(p.Changed, ov)
 	}
 	final.Current = name
+	final.LastRevert = &Revert{Snapshot: name, Time: m.now()}
 	if err := m.planUnused(vm, final, p, nil, ""); err != nil {
 		return nil, err
 	}
