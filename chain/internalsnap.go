@@ -276,6 +276,8 @@ func (m *Manager) revertInternalDisks(l *Locked, s *Snapshot, o RevertOptions) (
 	}
 	final := clone(vm)
 	final.Current = s.Name
+	// The images' data changes under their bitmaps, which do not see it.
+	final.LastRevert = &Revert{Snapshot: s.Name, Time: m.now()}
 	p := &Plan{VM: vm.Name, Op: "revert", Snapshot: s.Name, Steps: []Step{step}, Final: final, Before: map[string]string{}, After: map[string]string{},
 		Changed: slices.Clone(step.Files)}
 	j := &Journal{Op: "revert", Snapshot: s.Name, Started: m.now(), Steps: p.Steps, Final: final}

@@ -166,6 +166,9 @@ func TestInternalSnapshotOffline(t *testing.T) {
 	if got := r.sums(); !slices.Equal(got, sums1) || r.vm().Current != "i1" {
 		t.Fatalf("after the revert to i1: current %s, sums differ", r.vm().Current)
 	}
+	if lr := r.vm().LastRevert; lr == nil || lr.Snapshot != "i1" {
+		t.Fatalf("the revert to i1 is not recorded for bitmap users (LastRevert %+v)", lr)
+	}
 	r.check("reverted to i1")
 	r.writeAll(9, "128k")
 	if _, err := r.m.Revert("vm", "i2", true); err != nil {
