@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/qchain/qchain/chain/imagesnap"
 	"github.com/qchain/qchain/qcow2"
@@ -131,9 +132,11 @@ func (l *Live) nodesOf(ctx context.Context, files []string) ([]string, error) {
 // runJob starts a job (or attaches to the one an interrupted run left
 // under the same id) and waits for it.
 func (l *Live) runJob(ctx context.Context, js qmp.JobStarter, id string) error {
-	job, err := qmp.AttachJob(ctx, l.Conn, id)
-	if errors.Is(err, qmp.ErrJobNotFound) {
-		job, err = qmp.StartJob(ctx, l.Conn, js)
+	// Started first: QEMU refuses a job id in use ("Job ID '...' already
+	// in use"), which only a rerun finds; one query fewer on every run.
+	job, err := qmp.StartJob(ctx, l.Conn, js)
+	if err != nil && strings.Contains(err.Error(), "already in use") {
+		job, err = qmp.AttachJob(ctx, l.Conn, id)
 	}
 	if err != nil {
 		return err

@@ -480,4 +480,4 @@ func (m *Manager) dialStarted(vm *VM) (*qmp.Conn, error) {
 
 // dialPause is the longest pause between two dials of a starting qemu's
 // monitor.
-const dialPause = 25 * time.Millisecond
+const dialPause = 5 * time.Millisecond

@@ -45,3 +45,22 @@ func TestInternalSnapshotCommands(t *testing.T) {
 		})
 	}
 }
+
+// TestJobIDInUse starts a snapshot job under an id a concluded job still
+// holds: QEMU refuses it with "already in use", which chain's job runner
+// reads as "attach to the job an interrupted run left".
+func TestJobIDInUse(t *testing.T) {
+	ctx := testCtx(t, 20*time.Second)
+	c := buildChain(t)
+	tg := startTarget(t, kindDrive, c)
+	// The job fails (no such node) but stays until dismissed: snapshot
+	// jobs are manual-dismiss.
+	js := SnapshotDelete{JobID: "qchain-test-job", Tag: "none", Devices: []string{"no-such-node"}}
+	if _, err := StartJob(ctx, tg.conn, js); err != nil {
+		t.Fatal(err)
+	}
+	_, err := StartJob(ctx, tg.conn, js)
+	if err == nil || !strings.Contains(err.Error(), "already in use") {
+		t.Fatalf("second job under the same id: %v, want QEMU's 'already in use'", err)
+	}
+}
