@@ -107,35 +107,8 @@ func (a *fakeGuestAgent) state() (bool, int, int) {
 // systems around the live switch and thaws them afterwards, also when the
 // switch fails.
 func TestQuiesceLive(t *testing.T) {
-	need(t, "qemu-img", "qemu-system-x86_64")
-	dir := t.TempDir()
-	var files []string
-	for _, n := range []string{"vda", "vdb", "vdc"} {
-		f := filepath.Join(dir, n+".qcow2")
-		run(t, "qemu-img", "create", "-q", "-f", "qcow2", f, "4M")
-		files = append(files, f)
-	}
-	q := startLiveVM(t, map[string]string{"vda": files[0], "vdb": files[1]})
-	ga := startFakeGuestAgent(t)
-	m := &Manager{BeforeStep: testHook, Store: &Store{Dir: filepath.Join(dir, "state")}}
-	if err := m.Store.Define(&VM{Name: "qz", QMP: q.qchain, QGA: ga.path, Disks: []Disk{{Target: "vda", Active: files[0]}, {Target: "vdb", Active: files[1]}}}); err != nil {
-		t.Fatal(err)
-	}
-	setStepHook(t, func(_ string, _ int, s Step) {
-		if s.Kind == StepLiveSnapshot {
-			frozen, _, _ := ga.state()
-			ga.mu.Lock()
-			ga.frozenAtStep = frozen
-			ga.mu.Unlock()
-		}
-	})
-	if _, err := m.CreateSnapshot("qz", "s1", "", true); err != nil {
-		t.Fatal(err)
-	}
-	frozen, freezes, thaws := ga.state()
-	if !ga.frozenAtStep || frozen || freezes != 1 || thaws != 1 {
-		t.Errorf("frozen during the switch %t, frozen now %t, %d freezes, %d thaws; want true, false, 1, 1", ga.frozenAtStep, frozen, freezes, thaws)
-	}
+	m, q, ga := quiesceRig(t)
+	frozenOnce(t, ga, StepLiveSnapshot, "the switch", func() error { _, err := m.CreateSnapshot("qz", "s1", "", true); return err })
 	// A failing switch (qemu cannot open a new overlay) still thaws.
 	setStepHook(t, func(_ string, _ int, s Step) {
 		if s.Kind == StepLiveSnapshot {
@@ -306,6 +279,15 @@ func TestQuiesceCancelled(t *testing.T) {
 // TestQuiesceInternal: a disk-only internal snapshot with quiesce freezes
 // the guest's file systems around its transaction and thaws them after.
 func TestQuiesceInternal(t *testing.T) {
+	m, _, ga := quiesceRig(t)
+	frozenOnce(t, ga, StepInternalSnapshot, "the transaction", func() error { _, err := m.CreateInternalSnapshot("qz", "i1", "", true); return err })
+	// Thawing after a failed transaction is the frozen helper's, which
+	// TestQuiesceLive checks with a failing switch.
+}
+
+// quiesceRig starts a qemu with two new disks vda and vdb, a fake guest
+// agent, and VM qz of them.
+func quiesceRig(t *testing.T) (*Manager, *liveVM, *fakeGuestAgent) {
 	need(t, "qemu-img", "qemu-system-x86_64")
 	dir := t.TempDir()
 	var files []string
@@ -320,21 +302,26 @@ func TestQuiesceInternal(t *testing.T) {
 	if err := m.Store.Define(&VM{Name: "qz", QMP: q.qchain, QGA: ga.path, Disks: []Disk{{Target: "vda", Active: files[0]}, {Target: "vdb", Active: files[1]}}}); err != nil {
 		t.Fatal(err)
 	}
+	return m, q, ga
+}
+
+// frozenOnce runs create and checks that the guest's file systems were
+// frozen when the step of kind ran, and thawed once after.
+func frozenOnce(t *testing.T, ga *fakeGuestAgent, kind string, what string, create func() error) {
+	t.Helper()
 	setStepHook(t, func(_ string, _ int, s Step) {
-		if s.Kind == StepInternalSnapshot {
+		if s.Kind == kind {
 			frozen, _, _ := ga.state()
 			ga.mu.Lock()
 			ga.frozenAtStep = frozen
 			ga.mu.Unlock()
 		}
 	})
-	if _, err := m.CreateInternalSnapshot("qz", "i1", "", true); err != nil {
+	if err := create(); err != nil {
 		t.Fatal(err)
 	}
 	frozen, freezes, thaws := ga.state()
 	if !ga.frozenAtStep || frozen || freezes != 1 || thaws != 1 {
-		t.Errorf("frozen during the transaction %t, frozen now %t, %d freezes, %d thaws; want true, false, 1, 1", ga.frozenAtStep, frozen, freezes, thaws)
+		t.Errorf("frozen during %s %t, frozen now %t, %d freezes, %d thaws; want true, false, 1, 1", what, ga.frozenAtStep, frozen, freezes, thaws)
 	}
-	// Thawing after a failed transaction is the frozen helper's, which
-	// TestQuiesceLive checks with a failing switch.
 }

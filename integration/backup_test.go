@@ -15,20 +15,22 @@ import (
 
 // bkList is `backup list --output=json`.
 type bkList struct {
-	VM     string `json:"vm"`
-	Points []struct {
-		Point  int64  `json:"point"`
-		Kind   string `json:"kind"`
-		Live   bool   `json:"live"`
-		Reason string `json:"reason"`
-		Disks  []struct {
-			Target string `json:"target"`
-			File   string `json:"file"`
-			Bytes  int64  `json:"bytes"`
-			Copied int64  `json:"copied"`
-			SHA256 string `json:"sha256"`
-		} `json:"disks"`
-	} `json:"points"`
+	VM     string    `json:"vm"`
+	Points []bkPoint `json:"points"`
+}
+
+type bkPoint struct {
+	Point  int64  `json:"point"`
+	Kind   string `json:"kind"`
+	Live   bool   `json:"live"`
+	Reason string `json:"reason"`
+	Disks  []struct {
+		Target string `json:"target"`
+		File   string `json:"file"`
+		Bytes  int64  `json:"bytes"`
+		Copied int64  `json:"copied"`
+		SHA256 string `json:"sha256"`
+	} `json:"disks"`
 }
 
 // bkEnv is a VM of the snapshot manager, a backup folder and the content
