@@ -3,8 +3,10 @@ package backup
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/qchain/qchain/chain"
 	"github.com/qchain/qchain/qcow2"
@@ -17,6 +19,8 @@ type MergeOptions struct {
 	StorageDaemon string
 	// Progress, when set, receives each disk's job progress.
 	Progress func(target string, current, total int64)
+	// Notes, when set, receives one-line notes: leftovers removed.
+	Notes io.Writer
 }
 
 // Merge keeps the keep newest points of dir and drops the older ones:
@@ -28,7 +32,9 @@ type MergeOptions struct {
 //
 // Pulling does not change what a point's file reads, so every point stays
 // readable if Merge stops half way; the index records the merge first, and
-// Merge run again (or any command that finds it) finishes it.
+// Merge run again (or any command that finds it) finishes it. Like Create,
+// Merge first removes what an interrupted run left (the files of points
+// dropped from the index by a merge that stopped there), and says so.
 func Merge(ctx context.Context, dir string, keep int, opts MergeOptions) (into int64, dropped []int64, err error) {
 	if keep < 1 {
 		return 0, nil, fmt.Errorf("merge: --keep must be at least 1")
@@ -41,6 +47,16 @@ func Merge(ctx context.Context, dir string, keep int, opts MergeOptions) (into i
 	x, err := ReadIndex(dir)
 	if err != nil {
 		return 0, nil, err
+	}
+	// A merge that stopped after it rewrote the index left the dropped
+	// points' files: with nothing more to merge, they would stay until
+	// the next backup.
+	removed, err := removeLeftovers(dir, x)
+	if err != nil {
+		return 0, nil, fmt.Errorf("%s: removing what an interrupted run left: %w", dir, err)
+	}
+	if len(removed) > 0 && opts.Notes != nil {
+		fmt.Fprintf(opts.Notes, "%s: an interrupted run left %s: removed\n", dir, strings.Join(removed, ", "))
 	}
 	m := x.Merging
 	redo := m != 0
