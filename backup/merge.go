@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/qchain/qchain/chain"
@@ -21,6 +22,17 @@ type MergeOptions struct {
 	Progress func(target string, current, total int64)
 	// Notes, when set, receives one-line notes: leftovers removed.
 	Notes io.Writer
+	// BeforeStep is a test hook, as CreateOptions.BeforeStep: called
+	// before each step that changes DIR, it stops Merge there as if its
+	// process had died when it returns an error.
+	BeforeStep func(step string) error
+}
+
+func (o *MergeOptions) step(name string) error {
+	if o.BeforeStep == nil {
+		return nil
+	}
+	return o.BeforeStep(name)
 }
 
 // Merge keeps the keep newest points of dir and drops the older ones:
@@ -72,6 +84,9 @@ func Merge(ctx context.Context, dir string, keep int, opts MergeOptions) (into i
 			}
 		}
 		x.Merging = m
+		if err := opts.step("record the merge into point " + strconv.FormatInt(m, 10)); err != nil {
+			return 0, nil, err
+		}
 		if err := writeIndex(dir, x); err != nil {
 			return 0, nil, err
 		}
@@ -92,6 +107,9 @@ func Merge(ctx context.Context, dir string, keep int, opts MergeOptions) (into i
 		if opts.Progress != nil {
 			target := d.Target
 			ex.Progress = func(_ chain.Step, cur, total int64) { opts.Progress(target, cur, total) }
+		}
+		if err := opts.step("pull into " + d.File); err != nil {
+			return 0, nil, err
 		}
 		if err := ex.Run(chain.Step{Kind: chain.StepPull, File: name}); err != nil {
 			return 0, nil, fmt.Errorf("merge: pulling into %s: %w", name, err)
@@ -131,7 +149,13 @@ func Merge(ctx context.Context, dir string, keep int, opts MergeOptions) (into i
 		}
 	}
 	x.Points, x.Merging = points, 0
+	if err := opts.step("write index"); err != nil {
+		return 0, nil, err
+	}
 	if err := writeIndex(dir, x); err != nil {
+		return 0, nil, err
+	}
+	if err := opts.step("remove the dropped points' files"); err != nil {
 		return 0, nil, err
 	}
 	if _, err := removeLeftovers(dir, x); err != nil {
