@@ -124,7 +124,18 @@ func (e *bkEnv) point(n int64) (p struct {
 // each disk with the content recorded when the point was taken.
 func (e *bkEnv) restoreAll() {
 	e.t.Helper()
+	var points []int64
 	for _, p := range e.list().Points {
+		points = append(points, p.Point)
+	}
+	e.restorePoints(points...)
+}
+
+// restorePoints is restoreAll for the points numbered.
+func (e *bkEnv) restorePoints(points ...int64) {
+	e.t.Helper()
+	for _, n := range points {
+		p := struct{ Point int64 }{n}
 		for _, format := range []string{"raw", "qcow2"} {
 			dest := filepath.Join(e.root, fmt.Sprintf("restore-%d-%s", p.Point, format))
 			e.ok("backup", "restore", "--point", fmt.Sprint(p.Point), "--format", format, "--to", dest, e.dir)
