@@ -240,6 +240,7 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 				if err := s.conn.BitmapRemove(ctx, qmp.BlockDirtyBitmap{Node: s.disks[d.Target].Node, Name: b.Name}); err != nil {
 					return fail(fmt.Errorf("VM %s disk %s: removing the stale bitmap %s: %w", vm.Name, d.Target, b.Name, err))
 				}
+				opts.note("VM %s disk %s: an interrupted run left the bitmap %s: removed", vm.Name, d.Target, b.Name)
 			}
 		}
 		// Writes since the last point are in the previous point's
