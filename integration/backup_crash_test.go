@@ -15,6 +15,7 @@ import (
 
 	"github.com/qchain/qchain/backup"
 	"github.com/qchain/qchain/chain"
+	"github.com/qchain/qchain/qmp"
 )
 
 // errBKCrash is what the step hook returns to stop a run as a crash would.
@@ -87,18 +88,20 @@ func (e *bkEnv) leftovers() []string {
 
 // checkAfterCrash checks the run after a crash before step: it succeeded
 // (point), said what it removed (left: the files left in DIR; inQemu:
-// whether jobs or nodes were left in a live qemu), made an incremental
+// what it must say of what a live qemu kept), made an incremental
 // point when incremental is set and a full one with a reason otherwise;
 // DIR verifies, the point restores to its content, and nothing is left.
-func (e *bkEnv) checkAfterCrash(step string, point int64, msg string, left []string, inQemu, incremental bool) {
+func (e *bkEnv) checkAfterCrash(step string, point int64, msg string, left, inQemu []string, incremental bool) {
 	e.t.Helper()
 	for _, f := range left {
 		if !strings.Contains(msg, "interrupted run left") || !strings.Contains(msg, f) {
 			e.t.Errorf("crash before %q left %s; the next run did not say it removed it: %q", step, f, msg)
 		}
 	}
-	if inQemu && !strings.Contains(msg, "in its qemu: removed") {
-		e.t.Errorf("crash before %q left jobs or nodes in qemu; the next run did not say it removed them: %q", step, msg)
+	for _, s := range inQemu {
+		if !strings.Contains(msg, s) {
+			e.t.Errorf("crash before %q left jobs, nodes or bitmaps in qemu; the next run did not say %q: %q", step, s, msg)
+		}
 	}
 	p := e.point(point)
 	switch {
@@ -108,7 +111,9 @@ func (e *bkEnv) checkAfterCrash(step string, point int64, msg string, left []str
 		e.t.Errorf("crash before %q: the next point %d is %s (%q), want full with a reason; said %q", step, point, p.kind, p.reason, msg)
 	}
 	e.ok("backup", "verify", e.dir)
-	e.restorePoints(point)
+	// Raw only here (qcow2 too at the end): what is checked is the
+	// chain, not the restore.
+	e.restoreAs([]string{"raw"}, point)
 	if l := e.leftovers(); len(l) > 0 {
 		e.t.Errorf("crash before %q: after the next run DIR holds %v", step, l)
 	}
@@ -145,10 +150,10 @@ func (e *bkEnv) checkImages(step string, leaks bool) {
 // bitmaps it had loaded: they are inconsistent) with the reason, DIR
 // verifies and every point restores to the disks' content at its start.
 func TestBackupCrashCreateOffline(t *testing.T) {
-	e := newBKEnv(t)
+	e := newBKEnvSized(t, 36)
 	e.backup()
 	for i := 0; ; i++ {
-		e.q.IO("qcow2", e.active(e.vm, "vda"), fmt.Sprintf("write -q -P 0x%02x %dM 64k", 0x40+i, 2*i%64))
+		e.q.IO("qcow2", e.active(e.vm, "vda"), fmt.Sprintf("write -q -P 0x%02x %dM 64k", 0x40+i, 2*i%34))
 		step := e.crashCreate(i)
 		if step == "" {
 			if i < 10 {
@@ -157,17 +162,17 @@ func TestBackupCrashCreateOffline(t *testing.T) {
 			t.Logf("backup create has %d steps", i)
 			break
 		}
-		e.q.IO("qcow2", e.active(e.vm, "vdb"), fmt.Sprintf("write -q -P 0x%02x %dM 64k", 0x80+i, i%32))
+		e.q.IO("qcow2", e.active(e.vm, "vdb"), fmt.Sprintf("write -q -P 0x%02x %dM 64k", 0x80+i, i%16))
 		left := e.leftovers()
 		point, msg := e.backup()
-		t.Logf("crash before %q: left %v; next run: %s", step, left, strings.TrimSpace(msg))
-		e.checkAfterCrash(step, point, msg, left, false, false)
+		t.Logf("crash before %q: left %v; next run: %s", step, left, strings.ReplaceAll(strings.TrimSpace(msg), "\n", "; "))
+		e.checkAfterCrash(step, point, msg, left, nil, false)
 		// A killed daemon that had removed a persistent bitmap leaks
 		// the clusters it freed (harmless: qemu-img check exits 3).
 		e.checkImages(step, true)
 	}
 	// The bitmap of a point made after a crash is trusted again.
-	e.q.IO("qcow2", e.active(e.vm, "vda"), "write -q -P 0x3f 62M 64k")
+	e.q.IO("qcow2", e.active(e.vm, "vda"), "write -q -P 0x3f 35M 64k")
 	point, _ := e.backup()
 	if p := e.point(point); p.kind != "incremental" || p.copied["vda"] != 64<<10 {
 		t.Errorf("the point after the last one: %+v", p)
@@ -188,49 +193,80 @@ func TestBackupCrashCreateLive(t *testing.T) {
 	}
 	t.Cleanup(func() { os.RemoveAll(sockDir) })
 	sock := filepath.Join(sockDir, "qmp")
-	e := newBKEnv(t, "--qmp", sock)
+	e := newBKEnvSized(t, 36, "--qmp", sock)
 	q := startBKQemu(t, e, sock)
 	e.backup()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	for i := 0; ; i++ {
-		q.io(t, "vda", fmt.Sprintf("write -P 0x%02x %dM 64k", 0x40+i, 2*i%64))
-		step := e.crashCreate(i)
-		if step == "" {
-			if i < 10 {
-				t.Fatalf("backup create completed before step %d: it has more", i)
+	// With snapshot set, a snapshot is taken before each crashed run:
+	// the writes since the previous point are then in its bitmap on two
+	// layers, and the run gathers them into a temporary bitmap first.
+	crashEveryStep := func(snapshot bool) {
+		for i := 0; ; i++ {
+			q.io(t, "vda", fmt.Sprintf("write -P 0x%02x %dM 64k", 0x40+i, 2*i%34))
+			if snapshot {
+				e.ok("snapshot", "create", e.vm, fmt.Sprintf("s%d", i))
 			}
-			t.Logf("backup create has %d steps", i)
-			break
-		}
-		q.io(t, "vdb", fmt.Sprintf("write -P 0x%02x %dM 64k", 0x80+i, i%32))
-		left := e.leftovers()
-		jobs, err := q.mon.QueryJobs(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		nodes, err := q.mon.QueryNamedBlockNodes(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		inQemu := len(jobs) > 0
-		for _, n := range nodes {
-			inQemu = inQemu || strings.HasPrefix(n.NodeName, "backup-")
-		}
-		point, msg := e.backup()
-		t.Logf("crash before %q: left %v, %d jobs in qemu; next run: %s", step, left, len(jobs), strings.TrimSpace(msg))
-		e.checkAfterCrash(step, point, msg, left, inQemu, true)
-		if p := e.point(point); !p.live || p.copied["vdb"] != 64<<10 {
-			t.Errorf("crash before %q: the next point: %+v (want live, vdb's 64 KiB write copied)", step, p)
-		}
-		if jobs, err := q.mon.QueryJobs(ctx); err != nil || len(jobs) > 0 {
-			t.Errorf("crash before %q: after the next run qemu has jobs %+v (%v)", step, jobs, err)
+			step := e.crashCreate(i)
+			if step == "" {
+				if i < 10 {
+					t.Fatalf("backup create completed before step %d: it has more", i)
+				}
+				t.Logf("backup create (snapshot before: %v) has %d steps", snapshot, i)
+				return
+			}
+			q.io(t, "vdb", fmt.Sprintf("write -P 0x%02x %dM 64k", 0x80+i, i%16))
+			left := e.leftovers()
+			jobs, err := q.mon.QueryJobs(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			nodes, err := q.mon.QueryNamedBlockNodes(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// What the crashed run left in qemu: its jobs, its target
+			// nodes, the bitmap of the point it did not store, the
+			// temporary union bitmap.
+			var inQemu []string
+			if len(jobs) > 0 {
+				inQemu = append(inQemu, "in its qemu: removed")
+			}
+			for _, n := range nodes {
+				if n.NodeName == qmp.NodeName("backup", "vda") || n.NodeName == qmp.NodeName("backup", "vdb") {
+					inQemu = append(inQemu, "node "+n.NodeName)
+				}
+			}
+			bitmaps, err := q.mon.NodeBitmaps(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			l := e.list().Points
+			next := fmt.Sprintf("-%d", l[len(l)-1].Point+1)
+			for _, bs := range bitmaps {
+				for _, b := range bs {
+					if strings.HasPrefix(b.Name, "qchain-union-") || strings.HasPrefix(b.Name, "qchain-backup-") && strings.HasSuffix(b.Name, next) {
+						inQemu = append(inQemu, "left the bitmap "+b.Name+": removed")
+					}
+				}
+			}
+			point, msg := e.backup()
+			t.Logf("crash before %q: left %v and in qemu %v (%d jobs); next run: %s", step, left, inQemu, len(jobs), strings.ReplaceAll(strings.TrimSpace(msg), "\n", "; "))
+			e.checkAfterCrash(step, point, msg, left, inQemu, true)
+			if p := e.point(point); !p.live || p.copied["vdb"] != 64<<10 {
+				t.Errorf("crash before %q: the next point: %+v (want live, vdb's 64 KiB write copied)", step, p)
+			}
+			if jobs, err := q.mon.QueryJobs(ctx); err != nil || len(jobs) > 0 {
+				t.Errorf("crash before %q: after the next run qemu has jobs %+v (%v)", step, jobs, err)
+			}
 		}
 	}
+	crashEveryStep(false)
+	crashEveryStep(true)
 	q.quit(t)
 	e.checkImages("", false)
 	// qemu stored the last point's bitmap when it quit: incremental.
-	e.q.IO("qcow2", e.active(e.vm, "vda"), "write -q -P 0x3f 62M 64k")
+	e.q.IO("qcow2", e.active(e.vm, "vda"), "write -q -P 0x3f 35M 64k")
 	point, _ := e.backup()
 	if p := e.point(point); p.kind != "incremental" || p.copied["vda"] != 64<<10 {
 		t.Errorf("the offline point after the live ones: %+v", p)
@@ -244,11 +280,11 @@ func TestBackupCrashCreateLive(t *testing.T) {
 // merge, the two newest points are kept (the older one full), DIR
 // verifies, they restore to their content, and no file is left over.
 func TestBackupCrashMerge(t *testing.T) {
-	e := newBKEnv(t)
+	e := newBKEnvSized(t, 36)
 	e.backup()
 	for i := 0; ; i++ {
 		for j := 0; j < 2; j++ {
-			e.q.IO("qcow2", e.active(e.vm, "vda"), fmt.Sprintf("write -q -P 0x%02x %dM 64k", 0x40+2*i+j, (4*i+j)%64))
+			e.q.IO("qcow2", e.active(e.vm, "vda"), fmt.Sprintf("write -q -P 0x%02x %dM 64k", 0x40+2*i+j, (4*i+j)%34))
 			e.backup()
 		}
 		var before []int64
