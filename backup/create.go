@@ -188,6 +188,13 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 		cleanup()
 		return nil, noSpace(err, dir)
 	}
+	// exited is the error of a live qemu that went away during the
+	// backup. The bitmaps it held in memory are lost or left
+	// inconsistent in the images: the next point is full where it must
+	// be, and says why.
+	exited := func(target string, err error) error {
+		return fmt.Errorf("VM %s disk %s: its qemu exited (or closed the monitor) during the backup: %w; nothing of this point was kept", vm.Name, target, err)
+	}
 	for _, d := range vm.Disks {
 		size, err := virtualSize(d.Active)
 		if err != nil {
@@ -287,6 +294,10 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 	}
 	for _, r := range runs {
 		if r.job, err = qmp.AttachJob(ctx, s.conn, qmp.JobID("backup", r.target)); err != nil {
+			// A qemu killed once the jobs started: as below.
+			if s.live && errors.Is(err, qmp.ErrClosed) {
+				return fail(exited(r.target, err))
+			}
 			return fail(err)
 		}
 	}
@@ -303,10 +314,7 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 		r.job = nil
 		if err != nil {
 			if s.live && errors.Is(err, qmp.ErrClosed) {
-				// The bitmaps it held in memory are lost or left
-				// inconsistent in the images: the next point is full
-				// where it must be, and says why.
-				return fail(fmt.Errorf("VM %s disk %s: its qemu exited (or closed the monitor) during the backup: %w; nothing of this point was kept", vm.Name, r.target, err))
+				return fail(exited(r.target, err))
 			}
 			return fail(fmt.Errorf("VM %s disk %s: backup: %w", vm.Name, r.target, err))
 		}
