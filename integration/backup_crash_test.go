@@ -40,9 +40,6 @@ func crashHook(i int) (func(string) error, *string) {
 // is recorded as e.backup records it).
 func (e *bkEnv) crashCreate(i int) string {
 	e.t.Helper()
-	// Nothing writes while it runs: a point it stores (when it stops
-	// after the index) has the content of now.
-	content := map[string]string{"vda": e.content("vda"), "vdb": e.content("vdb")}
 	var last int64
 	if l := e.list().Points; len(l) > 0 {
 		last = l[len(l)-1].Point
@@ -57,8 +54,10 @@ func (e *bkEnv) crashCreate(i int) string {
 	case *at == "" && err != nil:
 		e.t.Fatalf("backup create (no crash): %v", err)
 	}
+	// Nothing writes while it runs: a point it stored (it stopped
+	// after the index) has the content the disks have now.
 	if l := e.list().Points; len(l) > 0 && l[len(l)-1].Point > last {
-		e.expect[l[len(l)-1].Point] = content
+		e.expect[l[len(l)-1].Point] = map[string]string{"vda": e.content("vda"), "vdb": e.content("vdb")}
 	}
 	return *at
 }
@@ -90,7 +89,7 @@ func (e *bkEnv) leftovers() []string {
 // (point), said what it removed (left: the files left in DIR; inQemu:
 // what it must say of what a live qemu kept), made an incremental
 // point when incremental is set and a full one with a reason otherwise;
-// DIR verifies, the point restores to its content, and nothing is left.
+// DIR verifies, and nothing is left.
 func (e *bkEnv) checkAfterCrash(step string, point int64, msg string, left, inQemu []string, incremental bool) {
 	e.t.Helper()
 	for _, f := range left {
@@ -111,9 +110,8 @@ func (e *bkEnv) checkAfterCrash(step string, point int64, msg string, left, inQe
 		e.t.Errorf("crash before %q: the next point %d is %s (%q), want full with a reason; said %q", step, point, p.kind, p.reason, msg)
 	}
 	e.ok("backup", "verify", e.dir)
-	// Raw only here (qcow2 too at the end): what is checked is the
-	// chain, not the restore.
-	e.restoreAs([]string{"raw"}, point)
+	// Every point is restored once, at the end: a later crash could
+	// damage no file verify does not check.
 	if l := e.leftovers(); len(l) > 0 {
 		e.t.Errorf("crash before %q: after the next run DIR holds %v", step, l)
 	}

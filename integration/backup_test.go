@@ -130,27 +130,12 @@ func (e *bkEnv) point(n int64) (p struct {
 // each disk with the content recorded when the point was taken.
 func (e *bkEnv) restoreAll() {
 	e.t.Helper()
-	var points []int64
 	for _, p := range e.list().Points {
-		points = append(points, p.Point)
-	}
-	e.restorePoints(points...)
-}
-
-// restorePoints is restoreAll for the points numbered.
-func (e *bkEnv) restorePoints(points ...int64) {
-	e.t.Helper()
-	e.restoreAs([]string{"raw", "qcow2"}, points...)
-}
-
-// restoreAs is restorePoints in the formats named.
-func (e *bkEnv) restoreAs(formats []string, points ...int64) {
-	e.t.Helper()
-	for _, point := range points {
+		point := p.Point
 		if e.expect[point] == nil {
 			e.t.Fatalf("point %d: no content recorded for it", point)
 		}
-		for _, format := range formats {
+		for _, format := range []string{"raw", "qcow2"} {
 			dest := filepath.Join(e.root, fmt.Sprintf("restore-%d-%s", point, format))
 			e.ok("backup", "restore", "--point", fmt.Sprint(point), "--format", format, "--to", dest, e.dir)
 			for _, target := range []string{"vda", "vdb"} {
