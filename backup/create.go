@@ -168,9 +168,11 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 	var added []string
 	cleanup := func() {
 		bg := context.Background()
+		// A cancelled job stays in qemu, holding its target node,
+		// until it concludes and is dismissed.
 		for _, r := range runs {
 			if r.job != nil {
-				_ = s.conn.JobCancel(bg, r.job.ID())
+				s.clearLeftovers(bg, r.job.ID(), r.node)
 			}
 		}
 		for _, n := range added {
