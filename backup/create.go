@@ -34,6 +34,15 @@ type CreateOptions struct {
 	Notes io.Writer
 	// Now returns the time recorded in the point (tests fix it).
 	Now func() time.Time
+	// BeforeStep is a test hook: when set, it is called with the step's
+	// name before each step that leaves a trace outside the process (a
+	// file, a node, a job, a bitmap, the index). When it returns an
+	// error, Create stops there as if its process had died: nothing is
+	// cleaned up, a storage daemon it started is killed (as Pdeathsig
+	// kills it when qchain dies) and a live qemu keeps what it holds;
+	// Create returns that error. Tests crash a run at every step this
+	// way and check what the next run makes of it.
+	BeforeStep func(step string) error
 }
 
 func (o *CreateOptions) note(format string, args ...any) {
@@ -101,12 +110,28 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 			s.close()
 		}
 	}()
+	// step calls the test hook; an error is a crash (no cleanup).
+	step := func(name string) error {
+		if opts.BeforeStep == nil {
+			return nil
+		}
+		err := opts.BeforeStep(name)
+		if err != nil {
+			closed = true
+			s.crash()
+		}
+		return err
+	}
 	if s.live {
 		// A qchain killed during a backup left its jobs running in
 		// qemu (holding the previous point's bitmap busy) and its
 		// target nodes: they go first.
+		var cleared []string
 		for _, d := range vm.Disks {
-			s.clearLeftovers(ctx, qmp.JobID("backup", d.Target), qmp.NodeName("backup", d.Target))
+			cleared = append(cleared, s.clearLeftovers(ctx, qmp.JobID("backup", d.Target), qmp.NodeName("backup", d.Target))...)
+		}
+		if len(cleared) > 0 {
+			opts.note("VM %s: an interrupted run left %s in its qemu: removed", vm.Name, strings.Join(cleared, ", "))
 		}
 	}
 	bitmaps, err := s.bitmaps(ctx)
@@ -143,9 +168,11 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 	var added []string
 	cleanup := func() {
 		bg := context.Background()
+		// A cancelled job stays in qemu, holding its target node,
+		// until it concludes and is dismissed.
 		for _, r := range runs {
 			if r.job != nil {
-				_ = s.conn.JobCancel(bg, r.job.ID())
+				s.clearLeftovers(bg, r.job.ID(), r.node)
 			}
 		}
 		for _, n := range added {
@@ -163,6 +190,13 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 		cleanup()
 		return nil, noSpace(err, dir)
 	}
+	// exited is the error of a live qemu that went away during the
+	// backup. The bitmaps it held in memory are lost or left
+	// inconsistent in the images: the next point is full where it must
+	// be, and says why.
+	exited := func(target string, err error) error {
+		return fmt.Errorf("VM %s disk %s: its qemu exited (or closed the monitor) during the backup: %w; nothing of this point was kept", vm.Name, target, err)
+	}
 	for _, d := range vm.Disks {
 		size, err := virtualSize(d.Active)
 		if err != nil {
@@ -174,6 +208,9 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 		co := qcow2.CreateOptions{Size: size}
 		if p.Kind == Incremental {
 			co.BackingFile, co.BackingFormat = FileName(d.Target, last.Point), "qcow2"
+		}
+		if err := step("make " + filepath.Base(r.tmp)); err != nil {
+			return nil, err
 		}
 		if err := qcow2.Create(r.tmp, co); err != nil {
 			return fail(err)
@@ -188,6 +225,9 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 		// metadata out, and the file is synced below before it is
 		// renamed into place, so a crash leaves only the temporary name.
 		noFlush := map[string]any{"no-flush": true}
+		if err := step("add node " + r.node); err != nil {
+			return nil, err
+		}
 		if err := s.conn.BlockdevAdd(ctx, map[string]any{
 			"driver": "qcow2", "node-name": r.node, "cache": noFlush,
 			"file": map[string]any{"driver": "file", "filename": abs, "cache": noFlush},
@@ -203,9 +243,13 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 		}
 		for _, b := range top {
 			if b.Name == newBitmap || b.Name == union {
+				if err := step("remove stale bitmap " + b.Name + " of " + d.Target); err != nil {
+					return nil, err
+				}
 				if err := s.conn.BitmapRemove(ctx, qmp.BlockDirtyBitmap{Node: s.disks[d.Target].Node, Name: b.Name}); err != nil {
 					return fail(fmt.Errorf("VM %s disk %s: removing the stale bitmap %s: %w", vm.Name, d.Target, b.Name, err))
 				}
+				opts.note("VM %s disk %s: an interrupted run left the bitmap %s: removed", vm.Name, d.Target, b.Name)
 			}
 		}
 		// Writes since the last point are in the previous point's
@@ -218,6 +262,9 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 				if b.Name == BitmapName(x.ID, last.Point) {
 					gran = b.Granularity
 				}
+			}
+			if err := step("add bitmap " + union + " to " + d.Target); err != nil {
+				return nil, err
 			}
 			if err := s.conn.BitmapAdd(ctx, qmp.BlockDirtyBitmapAdd{Node: s.disks[d.Target].Node, Name: union, Granularity: gran, Disabled: qmp.Bool(true)}); err != nil {
 				return fail(fmt.Errorf("VM %s disk %s: adding bitmap %s: %w", vm.Name, d.Target, union, err))
@@ -241,11 +288,18 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 		}
 		actions = append(actions, b.Action())
 	}
+	if err := step("transaction: bitmap " + newBitmap + " and jobs"); err != nil {
+		return nil, err
+	}
 	if err := s.conn.Transaction(ctx, actions, nil); err != nil {
 		return fail(fmt.Errorf("VM %s: starting the backup: %w", vm.Name, err))
 	}
 	for _, r := range runs {
 		if r.job, err = qmp.AttachJob(ctx, s.conn, qmp.JobID("backup", r.target)); err != nil {
+			// A qemu killed once the jobs started: as below.
+			if s.live && errors.Is(err, qmp.ErrClosed) {
+				return fail(exited(r.target, err))
+			}
 			return fail(err)
 		}
 	}
@@ -255,25 +309,31 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 			target := r.target
 			wo.Progress = func(cur, total int64) { opts.Progress(target, cur, total) }
 		}
+		if err := step("wait for job " + r.job.ID()); err != nil {
+			return nil, err
+		}
 		res, err := r.job.Wait(ctx, wo)
 		r.job = nil
 		if err != nil {
 			if s.live && errors.Is(err, qmp.ErrClosed) {
-				// The bitmaps it held in memory are lost or left
-				// inconsistent in the images: the next point is full
-				// where it must be, and says why.
-				return fail(fmt.Errorf("VM %s disk %s: its qemu exited (or closed the monitor) during the backup: %w; nothing of this point was kept", vm.Name, r.target, err))
+				return fail(exited(r.target, err))
 			}
 			return fail(fmt.Errorf("VM %s disk %s: backup: %w", vm.Name, r.target, err))
 		}
 		r.copied = res.TotalProgress
 		if len(sources[r.target]) > 1 {
+			if err := step("remove bitmap " + union + " of " + r.target); err != nil {
+				return nil, err
+			}
 			if err := s.conn.BitmapRemove(ctx, qmp.BlockDirtyBitmap{Node: s.disks[r.target].Node, Name: union}); err != nil {
 				opts.note("VM %s disk %s: removing the bitmap %s: %v", vm.Name, r.target, union, err)
 			}
 		}
 	}
 	for _, r := range runs {
+		if err := step("close node " + r.node); err != nil {
+			return nil, err
+		}
 		if err := s.conn.BlockdevDel(ctx, r.node); err != nil {
 			return fail(fmt.Errorf("closing %s: %w", r.tmp, err))
 		}
@@ -282,6 +342,9 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 
 	// The files: summed while they are synced (the sum reads what the
 	// page cache holds, the sync writes it out), renamed; then the index.
+	if err := step("sync files"); err != nil {
+		return nil, err
+	}
 	sums := make([]string, len(runs))
 	sumErrs := make([]error, len(runs))
 	var summing sync.WaitGroup
@@ -299,6 +362,9 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 		return fail(err)
 	}
 	for _, r := range runs {
+		if err := step("rename " + r.file); err != nil {
+			return nil, err
+		}
 		if err := os.Rename(r.tmp, filepath.Join(dir, r.file)); err != nil {
 			return fail(err)
 		}
@@ -314,6 +380,9 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 		p.Disks = append(p.Disks, PointDisk{Target: r.target, File: r.file, Size: r.size, Bytes: st.Size(), Copied: r.copied, SHA256: sums[i]})
 	}
 	x.Points = append(x.Points, *p)
+	if err := step("write index"); err != nil {
+		return nil, err
+	}
 	if err := writeIndex(dir, x); err != nil {
 		// The renamed files are leftovers the next run removes; the new
 		// bitmaps are removed now.
@@ -334,11 +403,17 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 		}
 		for _, b := range top {
 			if strings.HasPrefix(b.Name, BitmapPrefix(x.ID)) && b.Name != newBitmap {
+				if err := step("remove old bitmap " + b.Name + " of " + r.target); err != nil {
+					return nil, err
+				}
 				if err := s.conn.BitmapRemove(ctx, qmp.BlockDirtyBitmap{Node: sd.Node, Name: b.Name}); err != nil {
 					opts.note("VM %s disk %s: removing the old bitmap %s: %v", vm.Name, r.target, b.Name, err)
 				}
 			}
 		}
+	}
+	if err := step("close session"); err != nil {
+		return nil, err
 	}
 	closed = true
 	if err := s.close(); err != nil && !s.live {

@@ -3,8 +3,11 @@ package backup
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 
 	"github.com/qchain/qchain/chain"
 	"github.com/qchain/qchain/qcow2"
@@ -17,6 +20,19 @@ type MergeOptions struct {
 	StorageDaemon string
 	// Progress, when set, receives each disk's job progress.
 	Progress func(target string, current, total int64)
+	// Notes, when set, receives one-line notes: leftovers removed.
+	Notes io.Writer
+	// BeforeStep is a test hook, as CreateOptions.BeforeStep: called
+	// before each step that changes DIR, it stops Merge there as if its
+	// process had died when it returns an error.
+	BeforeStep func(step string) error
+}
+
+func (o *MergeOptions) step(name string) error {
+	if o.BeforeStep == nil {
+		return nil
+	}
+	return o.BeforeStep(name)
 }
 
 // Merge keeps the keep newest points of dir and drops the older ones:
@@ -28,7 +44,9 @@ type MergeOptions struct {
 //
 // Pulling does not change what a point's file reads, so every point stays
 // readable if Merge stops half way; the index records the merge first, and
-// Merge run again (or any command that finds it) finishes it.
+// Merge run again (or any command that finds it) finishes it. Like Create,
+// Merge first removes what an interrupted run left (the files of points
+// dropped from the index by a merge that stopped there), and says so.
 func Merge(ctx context.Context, dir string, keep int, opts MergeOptions) (into int64, dropped []int64, err error) {
 	if keep < 1 {
 		return 0, nil, fmt.Errorf("merge: --keep must be at least 1")
@@ -41,6 +59,16 @@ func Merge(ctx context.Context, dir string, keep int, opts MergeOptions) (into i
 	x, err := ReadIndex(dir)
 	if err != nil {
 		return 0, nil, err
+	}
+	// A merge that stopped after it rewrote the index left the dropped
+	// points' files: with nothing more to merge, they would stay until
+	// the next backup.
+	removed, err := removeLeftovers(dir, x)
+	if err != nil {
+		return 0, nil, fmt.Errorf("%s: removing what an interrupted run left: %w", dir, err)
+	}
+	if len(removed) > 0 && opts.Notes != nil {
+		fmt.Fprintf(opts.Notes, "%s: an interrupted run left %s: removed\n", dir, strings.Join(removed, ", "))
 	}
 	m := x.Merging
 	redo := m != 0
@@ -56,6 +84,9 @@ func Merge(ctx context.Context, dir string, keep int, opts MergeOptions) (into i
 			}
 		}
 		x.Merging = m
+		if err := opts.step("record the merge into point " + strconv.FormatInt(m, 10)); err != nil {
+			return 0, nil, err
+		}
 		if err := writeIndex(dir, x); err != nil {
 			return 0, nil, err
 		}
@@ -76,6 +107,9 @@ func Merge(ctx context.Context, dir string, keep int, opts MergeOptions) (into i
 		if opts.Progress != nil {
 			target := d.Target
 			ex.Progress = func(_ chain.Step, cur, total int64) { opts.Progress(target, cur, total) }
+		}
+		if err := opts.step("pull into " + d.File); err != nil {
+			return 0, nil, err
 		}
 		if err := ex.Run(chain.Step{Kind: chain.StepPull, File: name}); err != nil {
 			return 0, nil, fmt.Errorf("merge: pulling into %s: %w", name, err)
@@ -115,7 +149,13 @@ func Merge(ctx context.Context, dir string, keep int, opts MergeOptions) (into i
 		}
 	}
 	x.Points, x.Merging = points, 0
+	if err := opts.step("write index"); err != nil {
+		return 0, nil, err
+	}
 	if err := writeIndex(dir, x); err != nil {
+		return 0, nil, err
+	}
+	if err := opts.step("remove the dropped points' files"); err != nil {
 		return 0, nil, err
 	}
 	if _, err := removeLeftovers(dir, x); err != nil {

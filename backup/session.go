@@ -132,6 +132,17 @@ func (s *session) close() error {
 	return s.conn.Close()
 }
 
+// crash ends the session as the death of qchain's process would: a
+// storage daemon is killed (Pdeathsig), a live qemu keeps its jobs, nodes
+// and bitmaps.
+func (s *session) crash() {
+	if s.daemon != nil {
+		s.daemon.Kill()
+		return
+	}
+	_ = s.conn.Close()
+}
+
 // bitmaps returns the bitmaps of each layer of each disk, top first, by
 // target.
 func (s *session) bitmaps(ctx context.Context) (map[string][]layerBitmaps, error) {
@@ -149,9 +160,10 @@ func (s *session) bitmaps(ctx context.Context) (map[string][]layerBitmaps, error
 }
 
 // clearLeftovers removes a job with id left by an interrupted run in a
-// live qemu, and the target node it left (errors are ignored: what is
-// still in the way makes the next command fail with QEMU's message).
-func (s *session) clearLeftovers(ctx context.Context, jobID, node string) {
+// live qemu, and the target node it left, and returns what it removed
+// (errors are ignored: what is still in the way makes the next command
+// fail with QEMU's message).
+func (s *session) clearLeftovers(ctx context.Context, jobID, node string) (removed []string) {
 	if info, err := qmp.FindJob(ctx, s.conn, jobID); err == nil {
 		if info.Status != "concluded" {
 			_ = s.conn.JobCancel(ctx, jobID)
@@ -163,6 +175,10 @@ func (s *session) clearLeftovers(ctx context.Context, jobID, node string) {
 			}
 		}
 		_ = s.conn.JobDismiss(ctx, jobID)
+		removed = append(removed, "job "+jobID)
 	}
-	_ = s.conn.BlockdevDel(ctx, node)
+	if s.conn.BlockdevDel(ctx, node) == nil {
+		removed = append(removed, "node "+node)
+	}
+	return removed
 }

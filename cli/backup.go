@@ -206,7 +206,7 @@ func runBackupMerge(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	opts := backup.MergeOptions{StorageDaemon: c.String("storage-daemon")}
+	opts := backup.MergeOptions{StorageDaemon: c.String("storage-daemon"), Notes: c.App.ErrWriter}
 	if c.Bool("verbose") {
 		opts.Progress = jobProgress(c.App.ErrWriter, "merge")
 	}

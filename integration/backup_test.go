@@ -43,11 +43,17 @@ type bkEnv struct {
 }
 
 func newBKEnv(t *testing.T, extra ...string) *bkEnv {
+	return newBKEnvSized(t, 64, extra...)
+}
+
+// newBKEnvSized is newBKEnv with disks of mib and mib/2 MiB (mib at
+// least 34).
+func newBKEnvSized(t *testing.T, mib int, extra ...string) *bkEnv {
 	e := &bkEnv{scEnv: newSCEnv(t), vm: "vm1", expect: map[int64]map[string]string{}}
 	e.dir = filepath.Join(e.root, "bk")
-	e.q.Create("vm1-vda.qcow2", "64M", "cluster_size=65536")
+	e.q.Create("vm1-vda.qcow2", fmt.Sprintf("%dM", mib), "cluster_size=65536")
 	e.q.IO("qcow2", "vm1-vda.qcow2", "write -q -P 0x11 0 4M", "write -q -P 0x12 32M 1M")
-	e.q.Create("vm1-vdb.qcow2", "32M")
+	e.q.Create("vm1-vdb.qcow2", fmt.Sprintf("%dM", mib/2))
 	e.q.IO("qcow2", "vm1-vdb.qcow2", "write -q -P 0x21 1M 1M")
 	e.ok(append(append([]string{"vm", "define", "--disk", "vda=vm1-vda.qcow2", "--disk", "vdb=vm1-vdb.qcow2"}, extra...), "vm1")...)
 	return e
@@ -127,9 +133,13 @@ func (e *bkEnv) point(n int64) (p struct {
 func (e *bkEnv) restoreAll() {
 	e.t.Helper()
 	for _, p := range e.list().Points {
+		point := p.Point
+		if e.expect[point] == nil {
+			e.t.Fatalf("point %d: no content recorded for it", point)
+		}
 		for _, format := range []string{"raw", "qcow2"} {
-			dest := filepath.Join(e.root, fmt.Sprintf("restore-%d-%s", p.Point, format))
-			e.ok("backup", "restore", "--point", fmt.Sprint(p.Point), "--format", format, "--to", dest, e.dir)
+			dest := filepath.Join(e.root, fmt.Sprintf("restore-%d-%s", point, format))
+			e.ok("backup", "restore", "--point", fmt.Sprint(point), "--format", format, "--to", dest, e.dir)
 			for _, target := range []string{"vda", "vdb"} {
 				img := filepath.Join(dest, target+"."+format)
 				raw := img
@@ -140,8 +150,8 @@ func (e *bkEnv) restoreAll() {
 					raw = img + ".raw"
 					e.q.Img("convert", "-O", "raw", img, raw)
 				}
-				if got, want := fileSum(e.t, raw), e.expect[p.Point][target]; got != want {
-					e.t.Errorf("point %d disk %s restored as %s: content %s, want %s (as at backup time)", p.Point, target, format, got[:12], want[:12])
+				if got, want := fileSum(e.t, raw), e.expect[point][target]; got != want {
+					e.t.Errorf("point %d disk %s restored as %s: content %s, want %s (as at backup time)", point, target, format, got[:12], want[:12])
 				}
 			}
 			os.RemoveAll(dest)

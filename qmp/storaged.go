@@ -263,6 +263,20 @@ func (d *StorageDaemon) Close(ctx context.Context) error {
 	return d.closeErr
 }
 
+// Kill ends the daemon with SIGKILL, without asking it to quit, as the
+// death of its parent does (DieWithParent): what it held in memory (jobs,
+// bitmaps not yet stored) is lost. Tests use it to play a crash; Close
+// after Kill does nothing.
+func (d *StorageDaemon) Kill() {
+	d.closeOnce.Do(func() {
+		defer d.removeTemp()
+		d.kill()
+		if d.Conn != nil {
+			_ = d.Conn.Disconnect()
+		}
+	})
+}
+
 func (d *StorageDaemon) kill() {
 	if d.cmd == nil || d.cmd.Process == nil {
 		return
