@@ -52,9 +52,6 @@ func memoryName(dir, vm, snap string) string {
 // all from one instant (see StepSaveMemory). The guest runs on afterwards
 // as it did before (a VM paused before stays paused).
 func (m *Manager) CreateCheckpoint(vmName, name string, o CheckpointOptions) (*Snapshot, error) {
-	if err := validName("snapshot", name); err != nil {
-		return nil, err
-	}
 	l, ex, release, err := m.openCreate(vmName, name)
 	if err != nil {
 		return nil, err

@@ -15,9 +15,6 @@ import (
 // the VM runs, optionally with the guest's file systems frozen through its
 // agent).
 func (m *Manager) CreateSnapshot(vmName, name, description string, quiesce bool) (*Snapshot, error) {
-	if err := validName("snapshot", name); err != nil {
-		return nil, err
-	}
 	l, ex, release, err := m.openCreate(vmName, name)
 	if err != nil {
 		return nil, err
@@ -154,10 +151,14 @@ func removeOverlaysAndJournal(l *Locked, j *Journal) error {
 }
 
 // openCreate is the start every create shares (disk-only, checkpoint,
-// internal checkpoint): it locks the VM, checks that the name is free and
-// that the files are what the metadata says, and opens the executor (live
-// when the VM's qemu answers). release unlocks and closes.
+// internal, internal checkpoint): it checks that the name is valid, locks
+// the VM, checks that the name is free and that the files are what the
+// metadata says, and opens the executor (live when the VM's qemu
+// answers). release unlocks and closes.
 func (m *Manager) openCreate(vmName, name string) (l *Locked, ex *Offline, release func(), err error) {
+	if err := validName("snapshot", name); err != nil {
+		return nil, nil, nil, err
+	}
 	if l, err = m.Store.Lock(vmName, false); err != nil {
 		return nil, nil, nil, err
 	}

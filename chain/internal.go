@@ -26,9 +26,6 @@ const (
 // snapshot-save, QEMU 6.0+: the vCPUs are stopped for the whole save).
 // No overlay is created; the snapshot's files are the active images.
 func (m *Manager) CreateInternalCheckpoint(vmName, name string, o CheckpointOptions) (*Snapshot, error) {
-	if err := validName("snapshot", name); err != nil {
-		return nil, err
-	}
 	if o.Live {
 		return nil, fmt.Errorf("an internal checkpoint cannot be live: QEMU stops the vCPUs for the whole save")
 	}

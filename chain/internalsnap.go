@@ -21,9 +21,6 @@ import (
 // quiesce the running VM's guest file systems are frozen through its
 // agent around the transaction.
 func (m *Manager) CreateInternalSnapshot(vmName, name, description string, quiesce bool) (*Snapshot, error) {
-	if err := validName("snapshot", name); err != nil {
-		return nil, err
-	}
 	l, ex, release, err := m.openCreate(vmName, name)
 	if err != nil {
 		return nil, err
