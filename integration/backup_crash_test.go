@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -185,14 +184,7 @@ func TestBackupCrashCreateOffline(t *testing.T) {
 // point is incremental, the previous point's bitmap having recorded every
 // write (also those made after the crash).
 func TestBackupCrashCreateLive(t *testing.T) {
-	sockDir, err := os.MkdirTemp("", "qbk-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(sockDir) })
-	sock := filepath.Join(sockDir, "qmp")
-	e := newBKEnvSized(t, 36, "--qmp", sock)
-	q := startBKQemu(t, e, sock)
+	e, q := newLiveBKEnv(t, 36)
 	e.backup()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()

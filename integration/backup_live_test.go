@@ -20,6 +20,21 @@ type bkQemu struct {
 	cmd    *exec.Cmd
 	exited chan struct{}
 	mon    *qmp.Conn
+	sock   string // the VM's QMP socket (qchain's)
+}
+
+// newLiveBKEnv is newBKEnvSized with the VM running: a qemu on its disks
+// with its QMP socket in a short temporary folder.
+func newLiveBKEnv(t *testing.T, mib int) (*bkEnv, *bkQemu) {
+	t.Helper()
+	sockDir, err := os.MkdirTemp("", "qbk-") // short: unix socket paths are limited
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	sock := filepath.Join(sockDir, "qmp")
+	e := newBKEnvSized(t, mib, "--qmp", sock)
+	return e, startBKQemu(t, e, sock)
 }
 
 func startBKQemu(t *testing.T, e *bkEnv, sock string) *bkQemu {
@@ -33,7 +48,7 @@ func startBKQemu(t *testing.T, e *bkEnv, sock string) *bkQemu {
 	for _, d := range e.show(e.vm).Disks {
 		args = append(args, "-drive", "if=none,id="+d.Target+",format=qcow2,file="+d.Active)
 	}
-	q := &bkQemu{cmd: exec.Command("qemu-system-x86_64", args...), exited: make(chan struct{})}
+	q := &bkQemu{cmd: exec.Command("qemu-system-x86_64", args...), exited: make(chan struct{}), sock: sock}
 	q.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := q.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -81,14 +96,7 @@ func (q *bkQemu) quit(t *testing.T) {
 // them and during one), checks that a point is the content at its start,
 // then goes on offline after qemu quits, and after qemu is killed.
 func TestBackupLive(t *testing.T) {
-	sockDir, err := os.MkdirTemp("", "qbk-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(sockDir) })
-	sock := filepath.Join(sockDir, "qmp")
-	e := newBKEnv(t, "--qmp", sock)
-	q := startBKQemu(t, e, sock)
+	e, q := newLiveBKEnv(t, 64)
 
 	p1, _ := e.backup()
 	if p := e.point(p1); p.kind != "full" || !p.live {
@@ -157,7 +165,7 @@ func TestBackupLive(t *testing.T) {
 	if p := e.point(p5); p.kind != "incremental" || p.live || p.copied["vda"] != 64<<10 {
 		t.Errorf("offline incremental after a live one: %+v", p)
 	}
-	q = startBKQemu(t, e, sock)
+	q = startBKQemu(t, e, q.sock)
 	q.io(t, "vdb", "write -P 0x38 8M 64k")
 	p6, _ := e.backup()
 	if p := e.point(p6); p.kind != "incremental" || !p.live {
@@ -166,7 +174,7 @@ func TestBackupLive(t *testing.T) {
 	q.quit(t)
 	// A killed qemu leaves the bitmaps it loaded inconsistent: full, and
 	// why.
-	q = startBKQemu(t, e, sock)
+	q = startBKQemu(t, e, q.sock)
 	q.io(t, "vda", "write -P 0x39 12M 64k")
 	q.cmd.Process.Kill()
 	<-q.exited
@@ -205,14 +213,7 @@ func bkWaitRunning(t *testing.T, ctx context.Context, q *bkQemu, disk string) {
 // never stored the bitmap of point 1, and says so; the one after is
 // incremental again; every point restores to its content.
 func TestBackupLiveQemuKilled(t *testing.T) {
-	sockDir, err := os.MkdirTemp("", "qbk-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(sockDir) })
-	sock := filepath.Join(sockDir, "qmp")
-	e := newBKEnv(t, "--qmp", sock)
-	q := startBKQemu(t, e, sock)
+	e, q := newLiveBKEnv(t, 64)
 	p1, _ := e.backup()
 	if p := e.point(p1); p.kind != "full" || !p.live {
 		t.Fatalf("first live backup: %+v", p)
@@ -231,7 +232,7 @@ func TestBackupLiveQemuKilled(t *testing.T) {
 	bkWaitRunning(t, ctx, q, "vda")
 	q.cmd.Process.Kill() // the qemu this test started
 	<-q.exited
-	err = bg.Wait()
+	err := bg.Wait()
 	msg := stderr.String()
 	if err == nil {
 		t.Fatalf("backup create while its qemu was killed succeeded: %s", stdout.String())

@@ -49,14 +49,7 @@ func TestBackupNoSpace(t *testing.T) {
 			var e *bkEnv
 			var q *bkQemu
 			if live {
-				sockDir, err := os.MkdirTemp("", "qbk-")
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { os.RemoveAll(sockDir) })
-				sock := filepath.Join(sockDir, "qmp")
-				e = newBKEnv(t, "--qmp", sock)
-				q = startBKQemu(t, e, sock)
+				e, q = newLiveBKEnv(t, 64)
 			} else {
 				e = newBKEnv(t)
 			}
