@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -538,5 +539,30 @@ func TestInternalAfterExternalRevert(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.waitAck(r.consoleSize(), 3)
+	r.stop()
+}
+
+// TestInternalCheckpointForeignTag refuses an internal checkpoint whose
+// name a disk image holds already as a tag qchain did not take (here by
+// qemu-img while the VM was stopped): the save's rerun check would take
+// that tag for a save done and record a checkpoint with no memory state.
+func TestInternalCheckpointForeignTag(t *testing.T) {
+	need(t, "qemu-img")
+	r := newCkRig(t, true)
+	img := r.vm().Disks[0].Active
+	if out, err := exec.Command("qemu-img", "snapshot", "-c", "int", img).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img snapshot -c: %v: %s", err, out)
+	}
+	if _, err := r.m.StartVM(r.name, StartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	r.waitAck(0, 3)
+	_, err := r.m.CreateInternalCheckpoint(r.name, "int", CheckpointOptions{})
+	if err == nil || !strings.Contains(err.Error(), "already holds an internal snapshot int") {
+		t.Fatalf("internal checkpoint over a tag qemu-img took: %v", err)
+	}
+	if vm := r.vm(); vm.Snapshot("int") != nil || vm.Current != "" {
+		t.Fatalf("the refused checkpoint is in the metadata: %+v", vm.Snapshots)
+	}
 	r.stop()
 }

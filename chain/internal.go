@@ -47,11 +47,10 @@ func (m *Manager) CreateInternalCheckpoint(vmName, name string, o CheckpointOpti
 	snap := &Snapshot{Name: name, Parent: vm.Current, Created: m.now(), Description: o.Description, Internal: true,
 		Memory: &MemoryState{File: vm.Disks[0].Active, Format: MemoryInternal, Running: st.Running}}
 	for _, d := range vm.Disks {
-		if f := formatOf(d.Active); f != "qcow2" {
-			return nil, fmt.Errorf("VM %s disk %s: %s is %s: internal snapshots need qcow2", vm.Name, d.Target, d.Active, f)
-		}
-		if s := snapshotWithTag(vm, d.Active, name); s != "" {
-			return nil, fmt.Errorf("VM %s disk %s: %s already holds an internal snapshot %s", vm.Name, d.Target, d.Active, name)
+		// The image's own tags, not only the metadata's: a tag qemu-img
+		// took would pass internalSave's rerun check for a save done.
+		if err := canTagInternal(vm, d, name); err != nil {
+			return nil, err
 		}
 		step.Targets = append(step.Targets, d.Target)
 		step.Files = append(step.Files, d.Active)

@@ -35,15 +35,8 @@ func (m *Manager) CreateInternalSnapshot(vmName, name, description string, quies
 	step := Step{Kind: StepInternalSnapshot, Tag: name, Why: "internal snapshot " + name + " of every disk, no overlay"}
 	snap := &Snapshot{Name: name, Parent: vm.Current, Created: m.now(), Description: description, Internal: true}
 	for _, d := range vm.Disks {
-		if f := formatOf(d.Active); f != "qcow2" {
-			return nil, fmt.Errorf("VM %s disk %s: %s is %s: internal snapshots need qcow2", vm.Name, d.Target, d.Active, f)
-		}
-		tags, err := tagsIn(d.Active)
-		if err != nil {
-			return nil, fmt.Errorf("VM %s disk %s: %w", vm.Name, d.Target, err)
-		}
-		if slices.Contains(tags, name) {
-			return nil, fmt.Errorf("VM %s disk %s: %s already holds an internal snapshot %s", vm.Name, d.Target, d.Active, name)
+		if err := canTagInternal(vm, d, name); err != nil {
+			return nil, err
 		}
 		step.Targets = append(step.Targets, d.Target)
 		step.Files = append(step.Files, d.Active)
@@ -103,6 +96,23 @@ func (m *Manager) rollbackInternalSnapshot(l *Locked, s Step, ex *Offline) error
 
 // tagsIn returns the names of the internal snapshots in a qcow2 image
 // (none for another format), read from the file without a lock.
+// canTagInternal checks that disk d's active image can take an internal
+// snapshot tagged name: a qcow2 image that does not hold that tag already,
+// whoever took it (qemu-img included), as the image itself says.
+func canTagInternal(vm *VM, d Disk, name string) error {
+	if f := formatOf(d.Active); f != "qcow2" {
+		return fmt.Errorf("VM %s disk %s: %s is %s: internal snapshots need qcow2", vm.Name, d.Target, d.Active, f)
+	}
+	tags, err := tagsIn(d.Active)
+	if err != nil {
+		return fmt.Errorf("VM %s disk %s: %w", vm.Name, d.Target, err)
+	}
+	if slices.Contains(tags, name) {
+		return fmt.Errorf("VM %s disk %s: %s already holds an internal snapshot %s", vm.Name, d.Target, d.Active, name)
+	}
+	return nil
+}
+
 func tagsIn(file string) ([]string, error) {
 	snaps, err := imagesnap.List(file, "")
 	if err != nil {
