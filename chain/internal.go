@@ -38,8 +38,13 @@ func (m *Manager) CreateInternalCheckpoint(vmName, name string, o CheckpointOpti
 	if ex.Live == nil {
 		return nil, fmt.Errorf("VM %s is not running: a checkpoint with memory needs a running VM (qchain vm start %s)", vm.Name, vm.Name)
 	}
-	st, err := ex.Live.Conn.QueryStatus(m.ctx())
-	if err != nil {
+	// The run state and the capabilities the save needs, in one round
+	// trip.
+	var st *qmp.StatusInfo
+	if err := qmp.Together(
+		func() (err error) { st, err = ex.Live.Conn.QueryStatus(m.ctx()); return err },
+		func() error { return ex.Live.streamCaps(m.ctx()) },
+	); err != nil {
 		return nil, fmt.Errorf("VM %s: %w", vm.Name, err)
 	}
 	step := Step{Kind: StepInternalSave, Tag: name, File: vm.Disks[0].Active, Why: "internal checkpoint " + name}
@@ -61,7 +66,7 @@ func (m *Manager) CreateInternalCheckpoint(vmName, name string, o CheckpointOpti
 	j := &Journal{Op: "checkpoint", Snapshot: name, Started: m.now(), Live: true, Steps: []Step{step}, Final: final}
 	if err := l.run(j, ex, m.BeforeStep); err != nil {
 		var se *StepError
-		if errors.As(err, &se) && !hasTag(m.ctx(), ex.Live, step.Files[0], name) {
+		if errors.As(err, &se) && !imageHasTag(step.Files[0], name) {
 			if derr := l.dropJournal(); derr == nil {
 				return nil, fmt.Errorf("VM %s: checkpoint %s not taken (nothing changed): %w", vm.Name, name, se.Cause())
 			}
@@ -82,31 +87,14 @@ func snapshotWithTag(vm *VM, file, tag string) string {
 	return ""
 }
 
-// hasTag reports whether the running VM's image file holds internal
-// snapshot tag (as QEMU, which has it open, sees it).
-func hasTag(ctx context.Context, l *Live, file, tag string) bool {
-	var nodes []struct {
-		File  string `json:"file"`
-		Image struct {
-			Snapshots []struct {
-				Name string `json:"name"`
-			} `json:"snapshots"`
-		} `json:"image"`
-	}
-	if err := l.Conn.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true}, &nodes); err != nil {
-		return false
-	}
-	for _, n := range nodes {
-		if !same(qmp.PlainFilename(n.File), file) {
-			continue
-		}
-		for _, s := range n.Image.Snapshots {
-			if s.Name == tag {
-				return true
-			}
-		}
-	}
-	return false
+// imageHasTag reports whether image file holds internal snapshot tag, as
+// the file says: QEMU writes a new snapshot table before the header that
+// points to it, so the file is right also while QEMU has it open (and
+// reading it costs no round trip to a running VM). A file that cannot be
+// read has no tag.
+func imageHasTag(file, tag string) bool {
+	tags, err := tagsIn(file)
+	return err == nil && slices.Contains(tags, tag)
 }
 
 // nodesOf returns the running VM's format node of each file.
@@ -144,14 +132,14 @@ func (l *Live) runJob(ctx context.Context, js qmp.JobStarter, id string) error {
 // internalSave runs StepInternalSave; run again it does nothing when the
 // tag is there already.
 func (l *Live) internalSave(ctx context.Context, s Step) error {
-	if hasTag(ctx, l, s.File, s.Tag) {
+	if imageHasTag(s.File, s.Tag) {
 		return nil
 	}
 	nodes, err := l.nodesOf(ctx, append([]string{s.File}, s.Files...))
 	if err != nil {
 		return err
 	}
-	if err := streamCaps(ctx, l.Conn); err != nil {
+	if err := l.streamCaps(ctx); err != nil {
 		return err
 	}
 	return l.runJob(ctx, qmp.SnapshotSave{JobID: internalSaveJob, Tag: s.Tag, VMState: nodes[0], Devices: nodes[1:]}, internalSaveJob)
@@ -161,7 +149,7 @@ func (l *Live) internalSave(ctx context.Context, s Step) error {
 func (l *Live) internalDelete(ctx context.Context, s Step) error {
 	var files []string
 	for _, f := range s.Files {
-		if hasTag(ctx, l, f, s.Tag) {
+		if imageHasTag(f, s.Tag) {
 			files = append(files, f)
 		}
 	}
@@ -286,5 +274,17 @@ func streamCaps(ctx context.Context, c *qmp.Conn) error {
 			return c.MigrateSetCapabilities(ctx, []qmp.MigrationCapability{{Capability: qmp.CapMappedRAM, State: false}})
 		}
 	}
+	return nil
+}
+
+// streamCaps is streamCaps on l's connection, once.
+func (l *Live) streamCaps(ctx context.Context) error {
+	if l.streaming {
+		return nil
+	}
+	if err := streamCaps(ctx, l.Conn); err != nil {
+		return err
+	}
+	l.streaming = true
 	return nil
 }

@@ -75,7 +75,7 @@ func (m *Manager) CreateInternalSnapshot(vmName, name, description string, quies
 func (m *Manager) rollbackInternalSnapshot(l *Locked, s Step, ex *Offline) error {
 	for _, f := range s.Files {
 		if ex.Live != nil {
-			if hasTag(m.ctx(), ex.Live, f, s.Tag) {
+			if imageHasTag(f, s.Tag) {
 				return fmt.Errorf("%s holds %s", f, s.Tag)
 			}
 			continue
@@ -133,7 +133,7 @@ func tagsIn(file string) ([]string, error) {
 func (l *Live) internalSnapshot(ctx context.Context, s Step) error {
 	var tagged []string
 	for _, f := range s.Files {
-		if hasTag(ctx, l, f, s.Tag) {
+		if imageHasTag(f, s.Tag) {
 			tagged = append(tagged, f)
 		}
 	}

@@ -21,6 +21,8 @@ type Live struct {
 	// disks are the running disks as last read, while cached.
 	disks  []qmp.Disk
 	cached bool
+	// streaming: mapped-ram is known off (streamCaps ran on Conn).
+	streaming bool
 }
 
 // DialVM connects to a VM's QMP socket; an error means it is not running

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync"
 )
 
 // MaxChainDepth bounds how many nodes DiskChains follows for one disk, as
@@ -93,15 +94,33 @@ func DiskChains(ctx context.Context, c *Conn) ([]Disk, error) {
 }
 
 func diskChains(ctx context.Context, c *Conn, useGraph bool) ([]Disk, error) {
-	blocks, err := c.QueryBlock(ctx)
-	if err != nil {
+	// Four queries in two rounds, each round's commands sent together
+	// (QEMU answers them in order, one after the other): the node query
+	// goes out only once query-jobs said it cannot crash QEMU.
+	var (
+		blocks []BlockInfo
+		nodes  []BlockDeviceInfo
+		g      *BlockGraph
+	)
+	if err := Together(
+		func() (err error) { blocks, err = c.QueryBlock(ctx); return err },
+		func() error { return checkNodeQuerySafe(ctx, c) },
+	); err != nil {
 		return nil, err
 	}
-	if err := checkNodeQuerySafe(ctx, c); err != nil {
-		return nil, err
-	}
-	nodes, err := c.QueryNamedBlockNodes(ctx)
-	if err != nil {
+	if err := Together(
+		func() (err error) { nodes, err = c.QueryNamedBlockNodes(ctx); return err },
+		func() (err error) {
+			if !useGraph {
+				return nil
+			}
+			g, err = c.QueryBlockGraph(ctx)
+			if err != nil && IsClass(err, ClassCommandNotFound) {
+				g, err = nil, nil
+			}
+			return err
+		},
+	); err != nil {
 		return nil, err
 	}
 	byName := make(map[string]*BlockDeviceInfo, len(nodes))
@@ -109,13 +128,6 @@ func diskChains(ctx context.Context, c *Conn, useGraph bool) ([]Disk, error) {
 		byName[nodes[i].NodeName] = &nodes[i]
 	}
 
-	var g *BlockGraph
-	if useGraph {
-		g, err = c.QueryBlockGraph(ctx)
-		if err != nil && !IsClass(err, ClassCommandNotFound) {
-			return nil, err
-		}
-	}
 	var w chainWalker
 	if g != nil {
 		w = newGraphWalker(g, byName)
@@ -358,4 +370,27 @@ func PlainFilename(name string) string {
 		return name
 	}
 	return desc.File.Filename
+}
+
+// together runs fs at once (on one connection: their commands go out
+// without waiting for each other's replies) and returns the first of
+// their errors in fs's order.
+func Together(fs ...func() error) error {
+	errs := make([]error, len(fs))
+	var wg sync.WaitGroup
+	for i, f := range fs[1:] {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i+1] = f()
+		}()
+	}
+	errs[0] = fs[0]()
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
