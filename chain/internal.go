@@ -204,7 +204,13 @@ func (m *Manager) revertInternal(l *Locked, s *Snapshot, o RevertOptions) (*Plan
 	if err := checkCurrentKept(vm, o.Force, func(string, string) bool { return true }); err != nil {
 		return nil, err
 	}
-	live := m.Answers(vm)
+	// One connection tells whether the VM runs and loads the checkpoint.
+	ex, done, err := m.executor(vm)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	live := ex.Live != nil
 	if !live && len(vm.Command) == 0 {
 		return nil, fmt.Errorf("VM %s is not running and has no qemu command line: qchain cannot start it to load internal checkpoint %s", vm.Name, s.Name)
 	}
@@ -213,11 +219,6 @@ func (m *Manager) revertInternal(l *Locked, s *Snapshot, o RevertOptions) (*Plan
 	final.LastRevert = &Revert{Snapshot: s.Name, Time: m.now()}
 	p := &Plan{VM: vm.Name, Op: "revert", Snapshot: s.Name, Steps: []Step{step}, Final: final, Before: map[string]string{}, After: map[string]string{}}
 	j := &Journal{Op: "revert", Snapshot: s.Name, Started: m.now(), Steps: p.Steps, Final: final, Live: live}
-	ex, done, err := m.executor(vm)
-	if err != nil {
-		return nil, err
-	}
-	defer done()
 	return p, l.run(j, &vmExecutor{ex: ex, m: m, final: final}, m.BeforeStep)
 }
 
@@ -243,11 +244,12 @@ func (m *Manager) internalLoad(vm *VM, s Step, conn *qmp.Conn) error {
 			return err
 		}
 	}
-	nodes, err := live.nodesOf(ctx, append([]string{s.File}, s.Files...))
-	if err != nil {
-		return err
-	}
-	if err := streamCaps(ctx, conn); err != nil {
+	// The nodes and the capabilities in one round of queries.
+	var nodes []string
+	if err := qmp.Together(
+		func() (err error) { nodes, err = live.nodesOf(ctx, append([]string{s.File}, s.Files...)); return err },
+		func() error { return live.streamCaps(ctx) },
+	); err != nil {
 		return err
 	}
 	if err := live.runJob(ctx, qmp.SnapshotLoad{JobID: internalLoadJob, Tag: s.Tag, VMState: nodes[0], Devices: nodes[1:]}, internalLoadJob); err != nil {
