@@ -129,11 +129,28 @@ func (l *Live) runJob(ctx context.Context, js qmp.JobStarter, id string) error {
 	return err
 }
 
+// finishLeftover waits for and dismisses job id, which an interrupted run
+// of a step left in qemu, when the rerun finds the step's work done and
+// starts no job. QEMU never dismisses the snapshot jobs by itself, and
+// the next operation's runJob would attach to the leftover under the
+// same id and take its success for its own, doing nothing.
+func (l *Live) finishLeftover(ctx context.Context, id string) error {
+	job, err := qmp.AttachJob(ctx, l.Conn, id)
+	if errors.Is(err, qmp.ErrJobNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	_, err = job.Wait(ctx, qmp.WaitOptions{})
+	return err
+}
+
 // internalSave runs StepInternalSave; run again it does nothing when the
 // tag is there already.
 func (l *Live) internalSave(ctx context.Context, s Step) error {
 	if imageHasTag(s.File, s.Tag) {
-		return nil
+		return l.finishLeftover(ctx, internalSaveJob)
 	}
 	nodes, err := l.nodesOf(ctx, append([]string{s.File}, s.Files...))
 	if err != nil {
@@ -154,7 +171,7 @@ func (l *Live) internalDelete(ctx context.Context, s Step) error {
 		}
 	}
 	if len(files) == 0 {
-		return nil
+		return l.finishLeftover(ctx, internalDeleteJob)
 	}
 	nodes, err := l.nodesOf(ctx, files)
 	if err != nil {

@@ -80,6 +80,12 @@ type StorageDaemonOptions struct {
 	// dies (a killed qchain must not leave it holding image locks; the
 	// caller's journal redoes the job instead of attaching to it).
 	DieWithParent bool
+	// DeathSignal is the signal DieWithParent sends; zero means SIGKILL.
+	// With syscall.SIGTERM the daemon finishes the QMP command it runs,
+	// then quits and closes its images cleanly: for commands that QEMU
+	// does not make crash-safe (internal snapshots), which killed half-way
+	// leave leaked clusters and COPIED flags qemu-img check calls errors.
+	DeathSignal syscall.Signal
 }
 
 // StorageDaemon is a private qemu-storage-daemon process and a QMP
@@ -160,6 +166,9 @@ func StartStorageDaemon(ctx context.Context, opts StorageDaemonOptions) (_ *Stor
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if opts.DieWithParent {
 		d.cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+		if opts.DeathSignal != 0 {
+			d.cmd.SysProcAttr.Pdeathsig = opts.DeathSignal
+		}
 	}
 	d.cmd.Env = DaemonEnv(os.Environ())
 	var stderr io.Writer = d.stderr

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/qchain/qchain/qcow2"
@@ -225,9 +226,14 @@ func withDaemon(ctx context.Context, name string, opts Options, fn func(*qmp.Con
 			"driver": "qcow2", "node-name": daemonNode, "backing": nil,
 			"file": map[string]any{"driver": "file", "filename": abs},
 		}},
-		// A killed qchain must not leave the image locked; QEMU's own
-		// snapshot code keeps the image consistent when it dies.
+		// A killed qchain must not leave the image locked. QEMU's
+		// snapshot code is not crash-safe (a daemon killed in the middle
+		// of a create or delete leaves leaked clusters, or COPIED flags
+		// on shared clusters that qemu-img check counts as errors), so
+		// the daemon is sent SIGTERM: it finishes the command it runs,
+		// then quits cleanly.
 		DieWithParent: true,
+		DeathSignal:   syscall.SIGTERM,
 	})
 	if err != nil {
 		// Another process opened the image since the lock check.
