@@ -33,6 +33,12 @@
 //     times 64 KiB (within 5%). Each side's untimed run is checked: the
 //     point's kind, and qemu-img compare of every result with the disk.
 //     -quick: a 1 GiB disk with 128 MiB of data.
+//   - export (export.go; -run export): qchain export -o OUT of the
+//     10-layer chain of the map cases against qemu-img convert -O raw of
+//     the same chain, both into a sparse raw file next to the images that
+//     does not exist before the run (removed and synced, untimed); the
+//     outputs of the untimed runs are compared with qemu-img compare and
+//     their allocated bytes reported (reported, no goal).
 //   - checkpoints (checkpoint.go, checkpointclient.go,
 //     checkpointclientmain.go; `-run checkpoint`):
 //     the real test guest (fixtures/guest) with 256 MiB and 1 GiB of RAM

@@ -271,6 +271,10 @@ func run() int {
 	if !ok {
 		return 2
 	}
+	exportResults, ok := runExportBench(*dir, qchain, *n, *timeout, selected, chainSpec, qemuVersion())
+	if !ok {
+		return 2
+	}
 	ckResults, ok := runCheckpointBench(qchain, *n, *quick, *timeout, selected, qemuVersion())
 	if !ok {
 		return 2
@@ -283,6 +287,14 @@ func run() int {
 		mismatch = true
 	} else if f {
 		failed = true
+	}
+	printExportTable(exportResults, *n)
+	for _, r := range exportResults {
+		if r.Verified == "MISMATCH" {
+			mismatch = true
+		} else if r.Failed {
+			failed = true
+		}
 	}
 	printCheckpointTable(ckResults, *n)
 	for _, r := range ckResults {
@@ -297,7 +309,7 @@ func run() int {
 	}
 	switch {
 	case mismatch:
-		fmt.Println("\nFAIL: MISMATCH: qchain's output, a block job's or a backup's result differs from the reference (see above)")
+		fmt.Println("\nFAIL: MISMATCH: qchain's output, a block job's, a backup's or an export's result differs from the reference (see above)")
 		return 1
 	case failed:
 		fmt.Println("\nFAIL: a case could not be measured (see above)")
