@@ -465,26 +465,26 @@ func (d *directVM) quit() {
 // qchainRun's, each by a client process (runClient). The qemu running at
 // the end (the revert's, started by a client) is stopped, also on failure
 // or when the bench is interrupted.
-func (e *ckEnv) directRun() (t [ckOps]time.Duration, err error) {
+func (e *ckEnv) directRun() (t, jobs [ckOps]time.Duration, err error) {
 	dir, disk, err := e.newRunDir("direct")
 	if err != nil {
-		return t, err
+		return t, jobs, err
 	}
 	defer os.RemoveAll(dir)
 	console := filepath.Join(dir, "console.log")
 	cmd, err := e.vmCommand(console)
 	if err != nil {
-		return t, err
+		return t, jobs, err
 	}
 	d := &directVM{command: cmd, sock: filepath.Join(dir, "qmp.sock"), log: filepath.Join(dir, "qemu.log"),
 		pidfile: filepath.Join(dir, "qemu.pid")}
 	b, err := json.Marshal(cmd)
 	if err != nil {
-		return t, err
+		return t, jobs, err
 	}
 	cmdFile := filepath.Join(dir, "command.json")
 	if err := os.WriteFile(cmdFile, b, 0o600); err != nil {
-		return t, err
+		return t, jobs, err
 	}
 	stop := func() { (&directVM{sock: d.sock, pidfile: d.pidfile}).kill() }
 	e.running.Store(&stop)
@@ -494,17 +494,17 @@ func (e *ckEnv) directRun() (t [ckOps]time.Duration, err error) {
 	}()
 	start := time.Now()
 	if err := d.start(disk, false, false); err != nil {
-		return t, err
+		return t, jobs, err
 	}
 	if err := waitReady(console, 0, d.alive); err != nil {
-		return t, fmt.Errorf("%w: %s", err, d.logTail())
+		return t, jobs, fmt.Errorf("%w: %s", err, d.logTail())
 	}
 	t[opBoot] = time.Since(start)
 	if err := d.probeMappedRAM(); err != nil {
-		return t, err
+		return t, jobs, err
 	}
 	if err := waitRunning(console, 0, 3, false); err != nil {
-		return t, err
+		return t, jobs, err
 	}
 	client := func(op string, args ...string) (time.Duration, error) {
 		argv := []string{e.client, ckClientArg, "-op", op, "-sock", d.sock, "-pidfile", d.pidfile, "-log", d.log}
@@ -517,36 +517,42 @@ func (e *ckEnv) directRun() (t [ckOps]time.Duration, err error) {
 	if e.external {
 		mem := filepath.Join(dir, "vda.ext.mem")
 		if t[opCreate], err = client("create", "-overlay", filepath.Join(dir, "vda.ext.qcow2"), "-backing", "vda.qcow2", "-mem", mem); err != nil {
-			return t, fmt.Errorf("checkpoint: %w", err)
+			return t, jobs, fmt.Errorf("checkpoint: %w", err)
 		}
 		if err := waitRunning(console, consoleSize(console), 3, false); err != nil {
-			return t, fmt.Errorf("after the checkpoint: %w", err)
+			return t, jobs, fmt.Errorf("after the checkpoint: %w", err)
 		}
 		if t[opRevert], err = client("revert", "-overlay", filepath.Join(dir, "vda.revert.qcow2"), "-backing", "vda.qcow2", "-mem", mem, "-command", cmdFile); err != nil {
-			return t, fmt.Errorf("revert: %w", err)
+			return t, jobs, fmt.Errorf("revert: %w", err)
 		}
 		// The client started the new qemu and named it in the pid file.
 		if d.readPid(); !d.alive() {
-			return t, fmt.Errorf("revert: no qemu runs after it: %s", d.logTail())
+			return t, jobs, fmt.Errorf("revert: no qemu runs after it: %s", d.logTail())
 		}
 		if err := waitRunning(console, consoleSize(console), 3, true); err != nil {
-			return t, fmt.Errorf("after the revert: %w", err)
+			return t, jobs, fmt.Errorf("after the revert: %w", err)
 		}
 	}
 	if e.internal {
 		if t[opInternalSave], err = client("save", "-tag", "int"); err != nil {
-			return t, fmt.Errorf("internal checkpoint: %w", err)
+			return t, jobs, fmt.Errorf("internal checkpoint: %w", err)
+		}
+		if jobs[opInternalSave], err = lastJobSpan(jobTrace(console)); err != nil {
+			return t, jobs, err
 		}
 		if err := waitRunning(console, consoleSize(console), 3, false); err != nil {
-			return t, fmt.Errorf("after the internal checkpoint: %w", err)
+			return t, jobs, fmt.Errorf("after the internal checkpoint: %w", err)
 		}
 		if t[opInternalLoad], err = client("load", "-tag", "int"); err != nil {
-			return t, fmt.Errorf("internal revert: %w", err)
+			return t, jobs, fmt.Errorf("internal revert: %w", err)
+		}
+		if jobs[opInternalLoad], err = lastJobSpan(jobTrace(console)); err != nil {
+			return t, jobs, err
 		}
 		if err := waitRunning(console, consoleSize(console), 3, true); err != nil {
-			return t, fmt.Errorf("after the internal revert: %w", err)
+			return t, jobs, fmt.Errorf("after the internal revert: %w", err)
 		}
 	}
 	d.quit()
-	return t, nil
+	return t, jobs, nil
 }
