@@ -63,8 +63,12 @@
 //     program's. make bench builds the bench static (CGO_ENABLED=0) like
 //     qchain; a plain go run with cgo at hand links it dynamically, which
 //     only slows the client (the floor line says which). qchain's
-//     overhead under 5% (judged on the fastest run of each side); the
-//     reverts are also set against a cold boot (qemu start to the
+//     overhead under 5% (judged on the fastest run of each side; for the
+//     internal rows on the medians of the time outside QEMU's snapshot
+//     job, which both sides' qemu log with QEMU's clock through -msg
+//     timestamp=on -trace enable=job_state_transition: the job's own
+//     spread from run to run is larger than the goal, and the wall times
+//     are printed beside it); the reverts are also set against a cold boot (qemu start to the
 //     console's READY line), and the internal revert must take under a
 //     second.
 //
