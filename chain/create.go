@@ -155,7 +155,7 @@ func removeOverlaysAndJournal(l *Locked, j *Journal) error {
 // the VM, checks that the name is free and that the files are what the
 // metadata says, and opens the executor (live when the VM's qemu
 // answers). release unlocks and closes.
-func (m *Manager) openCreate(vmName, name string) (l *Locked, ex *Offline, release func(), err error) {
+func (m *Manager) openCreate(vmName, name string, also ...func(*Live) error) (l *Locked, ex *Offline, release func(), err error) {
 	if err := validName("snapshot", name); err != nil {
 		return nil, nil, nil, err
 	}
@@ -170,7 +170,7 @@ func (m *Manager) openCreate(vmName, name string) (l *Locked, ex *Offline, relea
 	}
 	var done func()
 	if err == nil {
-		ex, done, err = m.liveExecutor(vm)
+		ex, done, err = m.liveExecutor(vm, also...)
 	}
 	if err != nil {
 		l.Unlock()

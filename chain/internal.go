@@ -29,7 +29,22 @@ func (m *Manager) CreateInternalCheckpoint(vmName, name string, o CheckpointOpti
 	if o.Live {
 		return nil, fmt.Errorf("an internal checkpoint cannot be live: QEMU stops the vCPUs for the whole save")
 	}
-	l, ex, release, err := m.openCreate(vmName, name)
+	// The run state and the capabilities the save needs are read with
+	// the check of the running disks, in the same round trips.
+	var st *qmp.StatusInfo
+	l, ex, release, err := m.openCreate(vmName, name,
+		func(live *Live) (err error) {
+			if st, err = live.Conn.QueryStatus(m.ctx()); err != nil {
+				return fmt.Errorf("VM %s: %w", vmName, err)
+			}
+			return nil
+		},
+		func(live *Live) error {
+			if err := live.streamCaps(m.ctx()); err != nil {
+				return fmt.Errorf("VM %s: %w", vmName, err)
+			}
+			return nil
+		})
 	if err != nil {
 		return nil, err
 	}
@@ -37,15 +52,6 @@ func (m *Manager) CreateInternalCheckpoint(vmName, name string, o CheckpointOpti
 	vm := l.VM
 	if ex.Live == nil {
 		return nil, fmt.Errorf("VM %s is not running: a checkpoint with memory needs a running VM (qchain vm start %s)", vm.Name, vm.Name)
-	}
-	// The run state and the capabilities the save needs, in one round
-	// trip.
-	var st *qmp.StatusInfo
-	if err := qmp.Together(
-		func() (err error) { st, err = ex.Live.Conn.QueryStatus(m.ctx()); return err },
-		func() error { return ex.Live.streamCaps(m.ctx()) },
-	); err != nil {
-		return nil, fmt.Errorf("VM %s: %w", vm.Name, err)
 	}
 	step := Step{Kind: StepInternalSave, Tag: name, File: vm.Disks[0].Active, Why: "internal checkpoint " + name}
 	final := clone(vm)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/qchain/qchain/qcow2"
+	"github.com/qchain/qchain/qmp"
 )
 
 // Manager runs snapshot operations on the VMs of a state directory.
@@ -94,13 +95,18 @@ func (m *Manager) executor(vm *VM) (*Offline, func(), error) {
 }
 
 // liveExecutor is executor, and when the VM runs it also checks that
-// qemu's disks are the ones the metadata names.
-func (m *Manager) liveExecutor(vm *VM) (*Offline, func(), error) {
+// qemu's disks are the ones the metadata names, running also's reads of
+// the VM at the same time (their commands go out with the check's).
+func (m *Manager) liveExecutor(vm *VM, also ...func(*Live) error) (*Offline, func(), error) {
 	ex, done, err := m.executor(vm)
 	if err != nil || ex.Live == nil {
 		return ex, done, err
 	}
-	if err := ex.Live.verify(m.ctx(), vm); err != nil {
+	fs := []func() error{func() error { return ex.Live.verify(m.ctx(), vm) }}
+	for _, f := range also {
+		fs = append(fs, func() error { return f(ex.Live) })
+	}
+	if err := qmp.Together(fs...); err != nil {
 		done()
 		return nil, nil, err
 	}
