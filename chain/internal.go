@@ -107,6 +107,14 @@ func imageHasTag(file, tag string) bool {
 func (l *Live) nodesOf(ctx context.Context, files []string) ([]string, error) {
 	var out []string
 	for _, f := range files {
+		// A guest disk's top from the tops alone: the full search finds
+		// it first too.
+		if d, err := l.topFor(ctx, f); err != nil {
+			return nil, err
+		} else if d != nil {
+			out = append(out, d.Chain[0].NodeName)
+			continue
+		}
 		d, idx, err := l.diskFor(ctx, f)
 		if err != nil {
 			return nil, err

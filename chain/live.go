@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -21,6 +22,10 @@ type Live struct {
 	// disks are the running disks as last read, while cached.
 	disks  []qmp.Disk
 	cached bool
+	// tops are the running backends with their top layers only
+	// (qmp.DiskTops), while topsCached.
+	tops       []qmp.Disk
+	topsCached bool
 	// streaming: mapped-ram is known off (streamCaps ran on Conn).
 	streaming bool
 }
@@ -61,7 +66,47 @@ func (l *Live) runningChains(ctx context.Context) ([]qmp.Disk, error) {
 
 // changed forgets the running disks read so far, after Live sent QEMU a
 // command that changes its graph (whether it succeeded or not).
-func (l *Live) changed() { l.disks, l.cached = nil, false }
+func (l *Live) changed() {
+	l.disks, l.cached = nil, false
+	l.tops, l.topsCached = nil, false
+}
+
+// runningTops returns the running backends with their top layers only,
+// from one query (qmp.DiskTops), or the full chains when those are read
+// already or a filter sits on a top. What is true of a top in one is true
+// in the other.
+func (l *Live) runningTops(ctx context.Context) ([]qmp.Disk, error) {
+	if l.cached {
+		return l.disks, nil
+	}
+	if l.topsCached {
+		return l.tops, nil
+	}
+	tops, ok, err := qmp.DiskTops(ctx, l.Conn)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return l.runningChains(ctx)
+	}
+	l.tops, l.topsCached = tops, true
+	return tops, nil
+}
+
+// topFor finds the running guest disk whose top layer is file, from the
+// tops alone; nil when file is no such top.
+func (l *Live) topFor(ctx context.Context, file string) (*qmp.Disk, error) {
+	tops, err := l.runningTops(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for i := range tops {
+		if attached(&tops[i]) && len(tops[i].Chain) > 0 && same(qmp.PlainFilename(tops[i].Chain[0].Filename), file) {
+			return &tops[i], nil
+		}
+	}
+	return nil, nil
+}
 
 // diskFor finds the running disk whose chain holds file, and the index of
 // the layer.
@@ -390,7 +435,12 @@ func same(a, b string) bool {
 // verify compares the running VM with the metadata: each disk of the VM
 // must be a disk of qemu whose active image is the one the metadata names.
 func (l *Live) verify(ctx context.Context, vm *VM) error {
-	disks, err := l.runningChains(ctx)
+	// The backends' tops tell it in one query; a disk they do not show
+	// (a -blockdev tree no backend uses) needs the full chains.
+	disks, err := l.runningTops(ctx)
+	if err == nil && slices.ContainsFunc(vm.Disks, func(d Disk) bool { return findDisk(disks, d.Target) == nil }) {
+		disks, err = l.runningChains(ctx)
+	}
 	if err != nil {
 		return fmt.Errorf("VM %s: reading the running disks: %w", vm.Name, err)
 	}

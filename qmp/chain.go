@@ -166,6 +166,32 @@ func diskChains(ctx context.Context, c *Conn, useGraph bool) ([]Disk, error) {
 	return disks, nil
 }
 
+// DiskTops reads the disks of a running QEMU from query-block alone: each
+// backend with its top layer only (Chain holds one layer), one QMP
+// command instead of DiskChains' four. query-block skips the implicit
+// filters jobs insert; ok is false, and the disks nil, when a backend's
+// top node is another filter (a throttle the user made): only the graph
+// tells the format node under it, so the caller needs DiskChains.
+// Nodes that no backend uses are not listed.
+func DiskTops(ctx context.Context, c *Conn) (disks []Disk, ok bool, err error) {
+	blocks, err := c.QueryBlock(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	for _, b := range blocks {
+		n := b.Inserted
+		if n == nil {
+			continue
+		}
+		if filterDrivers[n.Driver] || n.NodeName == "" {
+			return nil, false, nil
+		}
+		disks = append(disks, Disk{Device: b.Device, QDev: b.QDev, NodeName: n.NodeName,
+			Chain: []ChainLayer{{NodeName: n.NodeName, Filename: n.File, Format: n.Driver}}})
+	}
+	return disks, true, nil
+}
+
 // fillChain walks from node top down the backing chain.
 func fillChain(d *Disk, top string, w chainWalker, byName map[string]*BlockDeviceInfo) error {
 	seen := make(map[string]bool)
