@@ -481,9 +481,9 @@ func (m *Manager) revertCheckpoint(l *Locked, s *Snapshot, o RevertOptions) (*Pl
 	if err := p.Final.checkCommand(); err != nil {
 		return nil, err
 	}
-	if m.Answers(vm) {
+	if conn, err := DialVM(m.ctx(), vm); err == nil {
 		// Quit at once: the current state is being discarded anyway.
-		if err := m.stopQemu(vm, StopOptions{Force: true}); err != nil {
+		if err := m.stopQemuOn(vm, StopOptions{Force: true}, conn); err != nil {
 			return nil, err
 		}
 		// Planned again without qemu: the files it held are free now.

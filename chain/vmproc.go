@@ -379,6 +379,12 @@ func (m *Manager) stopQemu(vm *VM, o StopOptions) error {
 		}
 		return fmt.Errorf("VM %s %w", vm.Name, errNotRunning)
 	}
+	return m.stopQemuOn(vm, o, conn)
+}
+
+// stopQemuOn is stopQemu through conn, a connection to vm's monitor,
+// which it closes.
+func (m *Manager) stopQemuOn(vm *VM, o StopOptions, conn *qmp.Conn) error {
 	defer conn.Close()
 	// The qemu that answers, by its pid: the socket closes before the
 	// process has exited, and the pid file may name another one.
