@@ -396,46 +396,56 @@ func (m *Manager) loadMemory(vm *VM, s Step, conn *qmp.Conn) error {
 		conn.Quit(context.Background())
 		return fmt.Errorf("loading %s: %w: %s", s.File, err, m.logTail(vm.Name))
 	}
-	st, err := conn.QueryStatus(ctx)
-	if err != nil {
-		return fail(err)
-	}
-	if fresh || st.Status == "inmigrate" {
-		if mi, err := conn.QueryMigrate(ctx); err != nil {
+	// A qemu this run started waits for its state (-incoming defer); one
+	// found running (a rerun's) may be loading it or have loaded it.
+	load, wait := fresh, fresh
+	if !fresh {
+		st, err := conn.QueryStatus(ctx)
+		if err != nil {
 			return fail(err)
-		} else if !migrating(mi.Status) && mi.Status != qmp.MigrationCompleted {
-			// MIGRATION events wake WaitMigration at the end of the load.
-			caps := []qmp.MigrationCapability{{Capability: qmp.CapEvents, State: true}}
-			if s.Format == MemoryMappedRAM {
-				if ok, err := conn.HasMigrateCapability(ctx, qmp.CapMappedRAM); err != nil {
-					return fail(err)
-				} else if !ok {
-					return fail(fmt.Errorf("the state was saved with %s (QEMU 9.0+), which this QEMU cannot load", qmp.CapMappedRAM))
-				}
-				caps = append(caps, qmp.MigrationCapability{Capability: qmp.CapMappedRAM, State: true})
-			}
-			if err := conn.MigrateSetCapabilities(ctx, caps); err != nil {
+		}
+		if st.Status == "inmigrate" {
+			mi, err := conn.QueryMigrate(ctx)
+			if err != nil {
 				return fail(err)
 			}
-			if s.Format == MemoryMappedRAM {
-				if err := conn.MigrateIncoming(ctx, "file:"+s.File); err != nil {
-					return fail(err)
-				}
-			} else {
-				f, err := os.Open(s.File)
-				if err != nil {
-					return fail(err)
-				}
-				err = conn.GetFd(ctx, memoryFdName, f)
-				f.Close() // QEMU holds its own copy
-				if err != nil {
-					return fail(err)
-				}
-				if err := conn.MigrateIncoming(ctx, "fd:"+memoryFdName); err != nil {
-					return fail(err)
-				}
+			load, wait = !migrating(mi.Status) && mi.Status != qmp.MigrationCompleted, true
+		}
+	}
+	if load {
+		// MIGRATION events wake WaitMigration at the end of the load.
+		caps := []qmp.MigrationCapability{{Capability: qmp.CapEvents, State: true}}
+		if s.Format == MemoryMappedRAM {
+			if ok, err := conn.HasMigrateCapability(ctx, qmp.CapMappedRAM); err != nil {
+				return fail(err)
+			} else if !ok {
+				return fail(fmt.Errorf("the state was saved with %s (QEMU 9.0+), which this QEMU cannot load", qmp.CapMappedRAM))
+			}
+			caps = append(caps, qmp.MigrationCapability{Capability: qmp.CapMappedRAM, State: true})
+		}
+		if err := conn.MigrateSetCapabilities(ctx, caps); err != nil {
+			return fail(err)
+		}
+		if s.Format == MemoryMappedRAM {
+			if err := conn.MigrateIncoming(ctx, "file:"+s.File); err != nil {
+				return fail(err)
+			}
+		} else {
+			f, err := os.Open(s.File)
+			if err != nil {
+				return fail(err)
+			}
+			err = conn.GetFd(ctx, memoryFdName, f)
+			f.Close() // QEMU holds its own copy
+			if err != nil {
+				return fail(err)
+			}
+			if err := conn.MigrateIncoming(ctx, "fd:"+memoryFdName); err != nil {
+				return fail(err)
 			}
 		}
+	}
+	if wait {
 		if _, err := conn.WaitMigration(ctx, qmp.MigrationCompleted); err != nil {
 			if qmp.IsClosed(err) {
 				err = errors.New("qemu exited")
@@ -446,12 +456,8 @@ func (m *Manager) loadMemory(vm *VM, s Step, conn *qmp.Conn) error {
 	if s.Paused {
 		return nil
 	}
-	if st, err := conn.QueryStatus(ctx); err != nil {
-		return err
-	} else if !st.Running {
-		return conn.Cont(ctx)
-	}
-	return nil
+	// cont on a running VM does nothing: no query first.
+	return conn.Cont(ctx)
 }
 
 // revertCheckpoint reverts to checkpoint s with memory: the running VM
