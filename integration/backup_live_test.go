@@ -42,11 +42,23 @@ func startBKQemu(t *testing.T, e *bkEnv, sock string) *bkQemu {
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		t.Skip("qemu-system-x86_64 not on PATH")
 	}
+	var drives [][2]string
+	for _, d := range e.show(e.vm).Disks {
+		drives = append(drives, [2]string{d.Target, d.Active})
+	}
+	return startDrivesQemu(t, sock, drives)
+}
+
+// startDrivesQemu starts a qemu (-machine none) with a -drive per {target,
+// active image} of drives and QMP on sock (for qchain) and on sock-test
+// (for the test), and waits until both answer.
+func startDrivesQemu(t *testing.T, sock string, drives [][2]string) *bkQemu {
+	t.Helper()
 	testSock := sock + "-test"
 	args := []string{"-machine", "none", "-nodefaults", "-display", "none",
 		"-qmp", "unix:" + sock + ",server=on,wait=off", "-qmp", "unix:" + testSock + ",server=on,wait=off"}
-	for _, d := range e.show(e.vm).Disks {
-		args = append(args, "-drive", "if=none,id="+d.Target+",format=qcow2,file="+d.Active)
+	for _, d := range drives {
+		args = append(args, "-drive", "if=none,id="+d[0]+",format=qcow2,file="+d[1])
 	}
 	q := &bkQemu{cmd: exec.Command("qemu-system-x86_64", args...), exited: make(chan struct{}), sock: sock}
 	q.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -16,12 +16,10 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/qchain/qchain/qcow2"
-	"github.com/qchain/qchain/qmp"
 )
 
 // Disk-only internal snapshots have one journal step per operation
@@ -569,28 +567,11 @@ func testInternalSnapshotKill9Live(t *testing.T) {
 // for qchain at sock (reached through the proxy) and one for the test.
 func startIKQemu(t *testing.T, e *ikEnv, sock string) *bkQemu {
 	t.Helper()
-	testSock := sock + "-test"
-	args := []string{"-machine", "none", "-nodefaults", "-display", "none",
-		"-qmp", "unix:" + sock + ",server=on,wait=off", "-qmp", "unix:" + testSock + ",server=on,wait=off"}
+	var drives [][2]string
 	for _, d := range e.disks() {
-		args = append(args, "-drive", "if=none,id="+d.Target+",format=qcow2,file="+d.Active)
+		drives = append(drives, [2]string{d.Target, d.Active})
 	}
-	q := &bkQemu{cmd: exec.Command("qemu-system-x86_64", args...), exited: make(chan struct{}), sock: sock}
-	q.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := q.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { q.cmd.Wait(); close(q.exited) }()
-	t.Cleanup(func() { q.cmd.Process.Kill(); <-q.exited }) // the qemu this test started
-	scWaitQMP(t, testSock, q.exited)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	var err error
-	if q.mon, err = qmp.Dial(ctx, testSock, qmp.Options{}); err != nil {
-		t.Fatal(err)
-	}
-	scWaitQMP(t, sock, q.exited)
-	return q
+	return startDrivesQemu(t, sock, drives)
 }
 
 // qmpProxy passes QMP between qchain (at listen) and qemu's monitor (at
