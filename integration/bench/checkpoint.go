@@ -9,7 +9,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -65,10 +64,14 @@ type CheckpointResult struct {
 	MemMiB         int
 	Cases          []ckCase
 	Qchain, Direct [ckOps]Sample
-	// QchainJob and DirectJob are, per run of an internal operation, how
-	// long QEMU's snapshot job took (created to concluded, QEMU's clock).
+	// QchainJob and DirectJob are, per run, QEMU's own time in an
+	// operation, by QEMU's clock: an internal one's snapshot job (created
+	// to concluded), an external revert's parts (revertParts).
 	QchainJob, DirectJob [ckOps][]time.Duration
-	Err                  error
+	// Reverts are the external reverts in parts, qchain's then the
+	// client's.
+	Reverts [2][]revertParts
+	Err     error
 }
 
 // ckCases returns the rows for a guest of mem MiB.
@@ -99,6 +102,8 @@ type ckEnv struct {
 	// interrupted: qchain's and the one a client's revert started run in
 	// sessions of their own and would outlive it.
 	running *atomic.Pointer[func()]
+	// revert is the last run's external revert, in parts.
+	revert revertParts
 }
 
 // runCheckpointBench measures the checkpoint cases the filter selects:
@@ -202,18 +207,22 @@ func runCheckpointBench(qchain string, runs int, quick bool, timeout time.Durati
 				if side == 1 {
 					run, what = env.directRun, "direct"
 				}
+				env.revert = revertParts{}
 				times, jobs, err := run()
 				if err != nil {
 					r.Err = fmt.Errorf("%s run: %w", what, err)
 					break
 				}
-				fmt.Printf("    %s run %d: %s\n", what, i+1, fmtOps(times, p.external, p.internal))
+				fmt.Printf("    %s run %d: %s\n", what, i+1, fmtOps(times, jobs, p.external, p.internal))
 				if i < 0 {
 					continue
 				}
 				dst, dstJob := &r.Qchain, &r.QchainJob
 				if side == 1 {
 					dst, dstJob = &r.Direct, &r.DirectJob
+				}
+				if env.revert != (revertParts{}) {
+					r.Reverts[side] = append(r.Reverts[side], env.revert)
 				}
 				for op, d := range times {
 					if d > 0 {
@@ -232,13 +241,20 @@ func runCheckpointBench(qchain string, runs int, quick bool, timeout time.Durati
 	return results, true
 }
 
-func fmtOps(t [ckOps]time.Duration, external, internal bool) string {
+func fmtOps(t, jobs [ckOps]time.Duration, external, internal bool) string {
+	op := func(name string, o ckOp) string {
+		s := fmt.Sprintf(", %s %v", name, t[o].Round(time.Millisecond))
+		if jobs[o] > 0 {
+			s += fmt.Sprintf(" (QEMU %v)", jobs[o].Round(time.Millisecond))
+		}
+		return s
+	}
 	s := "boot " + t[opBoot].Round(time.Millisecond).String()
 	if external {
-		s += fmt.Sprintf(", create %v, revert %v", t[opCreate].Round(time.Millisecond), t[opRevert].Round(time.Millisecond))
+		s += op("create", opCreate) + op("revert", opRevert)
 	}
 	if internal {
-		s += fmt.Sprintf(", internal save %v, load %v", t[opInternalSave].Round(time.Millisecond), t[opInternalLoad].Round(time.Millisecond))
+		s += op("internal save", opInternalSave) + op("load", opInternalLoad)
 	}
 	return s
 }
@@ -258,7 +274,8 @@ func ckWorkDir(mem int) (string, error) {
 }
 
 // vmCommand returns the guest's command line (binary first) with its
-// console appended to console.
+// console appended to console, started through the exec stamp and logging
+// QEMU's trace events into the console's folder (qemutrace.go).
 func (e *ckEnv) vmCommand(console string) ([]string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), ckWait)
 	defer cancel()
@@ -267,52 +284,12 @@ func (e *ckEnv) vmCommand(console string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	// QEMU logs its jobs' state changes with its own timestamps, so that
-	// the time an internal checkpoint spends in QEMU's job can be told
-	// from the time around it (both sides run the same command line).
-	return append(cmd, "-msg", "timestamp=on", "-trace", "enable=job_state_transition", "-D", jobTrace(console)), nil
-}
-
-// jobTrace is where the qemu whose console is console logs its jobs.
-func jobTrace(console string) string { return filepath.Join(filepath.Dir(console), "jobs.trace") }
-
-// lastJobSpan returns how long the last job in a QEMU job trace (-msg
-// timestamp=on -trace enable=job_state_transition) took from created to
-// concluded, by QEMU's clock. Lines look like
-// "PID@SEC.USEC:job_state_transition job 0x... (ret: 0) attempting
-// allowed transition (undefined-->created)".
-func lastJobSpan(trace string) (time.Duration, error) {
-	b, err := os.ReadFile(trace)
+	bin, err := exec.LookPath(cmd[0])
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	var created, concluded time.Time
-	var job string
-	for _, line := range strings.Split(string(b), "\n") {
-		at, rest, ok := strings.Cut(line, ":job_state_transition job ")
-		if !ok {
-			continue
-		}
-		_, stamp, _ := strings.Cut(at, "@")
-		sec, usec, _ := strings.Cut(stamp, ".")
-		si, err1 := strconv.ParseInt(sec, 10, 64)
-		ui, err2 := strconv.ParseInt(usec, 10, 64)
-		if err1 != nil || err2 != nil {
-			return 0, fmt.Errorf("%s: no timestamp in %q (-msg timestamp=on)", trace, line)
-		}
-		t := time.Unix(si, ui*1000)
-		id, _, _ := strings.Cut(rest, " ")
-		switch {
-		case strings.HasSuffix(line, "-->created)"):
-			created, concluded, job = t, time.Time{}, id
-		case strings.HasSuffix(line, "-->concluded)") && id == job:
-			concluded = t
-		}
-	}
-	if created.IsZero() || concluded.IsZero() {
-		return 0, fmt.Errorf("%s: no job from created to concluded", trace)
-	}
-	return concluded.Sub(created), nil
+	prefix, opts := qemuTracing(e.client, bin, filepath.Dir(console))
+	return append(append(prefix, cmd[1:]...), opts...), nil
 }
 
 // newRunDir makes a fresh folder with an empty 64 MiB vda.qcow2.
@@ -398,14 +375,20 @@ func (e *ckEnv) qchainRun() (t, jobs [ckOps]time.Duration, err error) {
 	}
 	defer os.RemoveAll(dir)
 	state, console := filepath.Join(dir, "state"), filepath.Join(dir, "console.log")
+	pidFile := filepath.Join(state, "vms", ckRun, "qemu.pid")
 	cmd, err := e.vmCommand(console)
 	if err != nil {
 		return t, jobs, err
 	}
+	var started time.Time // the last q's start
 	q := func(args ...string) (time.Duration, error) {
 		argv := append([]string{e.qchain, args[0], args[1], "--state-dir", state}, args[2:]...)
-		wall, _, err := runSteps(e.timeout, [][]string{argv})
-		return wall, err
+		run, err := runTool(e.timeout, argv)
+		if err != nil {
+			return 0, err
+		}
+		started = run.Start
+		return run.Wall, nil
 	}
 	if _, err := q(append([]string{"vm", "define", "--disk", "vda=" + disk, ckRun, "--"}, cmd...)...); err != nil {
 		return t, jobs, err
@@ -435,9 +418,18 @@ func (e *ckEnv) qchainRun() (t, jobs [ckOps]time.Duration, err error) {
 		if err := waitRunning(console, consoleSize(console), 3, false); err != nil {
 			return t, jobs, fmt.Errorf("after the checkpoint: %w", err)
 		}
+		oldPid := pidIn(pidFile)
+		w, err := watchExit(oldPid)
+		if err != nil {
+			return t, jobs, err
+		}
 		if t[opRevert], err = q("snapshot", "revert", "--force", ckRun, "ext"); err != nil {
 			return t, jobs, err
 		}
+		if e.revert, err = revertTimes(dir, oldPid, pidIn(pidFile), w, started, t[opRevert]); err != nil {
+			return t, jobs, err
+		}
+		jobs[opRevert] = e.revert.qemu()
 		if err := waitRunning(console, consoleSize(console), 3, true); err != nil {
 			return t, jobs, fmt.Errorf("after the revert: %w", err)
 		}
@@ -446,7 +438,7 @@ func (e *ckEnv) qchainRun() (t, jobs [ckOps]time.Duration, err error) {
 		if t[opInternalSave], err = q("snapshot", "create", "--memory", "--internal", ckRun, "int"); err != nil {
 			return t, jobs, err
 		}
-		if jobs[opInternalSave], err = lastJobSpan(jobTrace(console)); err != nil {
+		if jobs[opInternalSave], err = lastJobSpan(dir, pidIn(pidFile)); err != nil {
 			return t, jobs, err
 		}
 		if err := waitRunning(console, consoleSize(console), 3, false); err != nil {
@@ -455,7 +447,7 @@ func (e *ckEnv) qchainRun() (t, jobs [ckOps]time.Duration, err error) {
 		if t[opInternalLoad], err = q("snapshot", "revert", "--force", ckRun, "int"); err != nil {
 			return t, jobs, err
 		}
-		if jobs[opInternalLoad], err = lastJobSpan(jobTrace(console)); err != nil {
+		if jobs[opInternalLoad], err = lastJobSpan(dir, pidIn(pidFile)); err != nil {
 			return t, jobs, err
 		}
 		if err := waitRunning(console, consoleSize(console), 3, true); err != nil {
@@ -470,12 +462,8 @@ func (e *ckEnv) qchainRun() (t, jobs [ckOps]time.Duration, err error) {
 // the bench. Only a process whose command line names the state folder is
 // killed.
 func killStarted(state, vm string) {
-	b, err := os.ReadFile(filepath.Join(state, "vms", vm, "qemu.pid"))
-	if err != nil {
-		return
-	}
-	var pid int
-	if _, err := fmt.Sscan(string(b), &pid); err != nil || pid <= 0 {
+	pid := pidIn(filepath.Join(state, "vms", vm, "qemu.pid"))
+	if pid <= 0 {
 		return
 	}
 	if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && strings.Contains(string(cmdline), state) {
@@ -512,12 +500,17 @@ func printCheckpointTable(results []*CheckpointResult, runs int) {
 				slices.Min(q.Walls).Round(time.Millisecond), slices.Min(d.Walls).Round(time.Millisecond), 100*overhead(q.Median(), d.Median()))
 			goal, verdict := fmt.Sprintf("< %.0f%%", 100*overheadGoal), passMiss(ov < overheadGoal)
 			if qo, do := outsideJob(q.Walls, r.QchainJob[c.Op]), outsideJob(d.Walls, r.DirectJob[c.Op]); qo != nil && do != nil {
-				// The snapshot job's own time varies from run to run by
-				// more than the goal (QEMU writes or reads the RAM): the
-				// overhead is judged on the time outside it.
+				// QEMU's own time (a snapshot job writing or reading the
+				// RAM; a revert's old qemu exiting, new one starting and
+				// state loading) varies from run to run by more than the
+				// goal: the overhead is judged on the time outside it.
 				adj := float64(median(qo)-median(do)) / float64(d.Median())
-				figure = fmt.Sprintf("overhead %+.1f%% outside QEMU's job (qchain %v, client %v around a job of %v vs %v, medians); wall time: %s",
-					100*adj, median(qo).Round(100*time.Microsecond), median(do).Round(100*time.Microsecond),
+				what := "a job"
+				if c.Op == opRevert {
+					what = "QEMU's parts (old qemu's exit after quit, new qemu's exec to its machine reset, load, cont)"
+				}
+				figure = fmt.Sprintf("overhead %+.1f%% outside QEMU's own time (qchain %v, client %v around %s of %v vs %v, medians); wall time: %s",
+					100*adj, median(qo).Round(100*time.Microsecond), median(do).Round(100*time.Microsecond), what,
 					median(r.QchainJob[c.Op]).Round(time.Millisecond), median(r.DirectJob[c.Op]).Round(time.Millisecond), figure)
 				verdict = passMiss(adj < overheadGoal)
 			}
@@ -553,4 +546,42 @@ func outsideJob(walls, jobs []time.Duration) []time.Duration {
 func median(ds []time.Duration) time.Duration {
 	s := Sample{Walls: ds}
 	return s.Median()
+}
+
+// printRevertParts prints where an external revert's time goes, part by
+// part, the tool's parts and QEMU's in turn (medians).
+func printRevertParts(results []*CheckpointResult) {
+	parts := []struct {
+		name, whose string
+		of          func(revertParts) time.Duration
+	}{
+		{"start to quit received by the old qemu", "tool", func(p revertParts) time.Duration { return p.ToQuit }},
+		{"quit received to the old qemu gone", "QEMU", func(p revertParts) time.Duration { return p.Exit }},
+		{"old qemu gone to the new one executed (overlay, fork, exec)", "tool", func(p revertParts) time.Duration { return p.Between }},
+		{"exec to the machine's reset (qemu's start-up)", "QEMU", func(p revertParts) time.Duration { return p.Start }},
+		{"reset to migrate-incoming received", "tool", func(p revertParts) time.Duration { return p.ToLoad }},
+		{"migrate-incoming received to the state loaded", "QEMU", func(p revertParts) time.Duration { return p.Load }},
+		{"state loaded to cont received", "tool", func(p revertParts) time.Duration { return p.ToCont }},
+		{"cont received to its reply", "QEMU", func(p revertParts) time.Duration { return p.Cont }},
+		{"cont's reply to the tool's exit", "tool", func(p revertParts) time.Duration { return p.After }},
+	}
+	for _, r := range results {
+		if r.Err != nil || len(r.Reverts[0]) == 0 || len(r.Reverts[1]) == 0 {
+			continue
+		}
+		fmt.Printf("\nExternal revert of the %d MiB guest in parts (medians; QEMU's clock, the bench's for the old qemu's exit and the tool's start and end):\n\n", r.MemMiB)
+		fmt.Println("| part | whose | qchain | direct QMP client |")
+		fmt.Println("|---|---|---:|---:|")
+		for _, part := range parts {
+			var m [2]time.Duration
+			for side, rs := range r.Reverts {
+				ds := make([]time.Duration, len(rs))
+				for i, p := range rs {
+					ds[i] = part.of(p)
+				}
+				m[side] = median(ds)
+			}
+			fmt.Printf("| %s | %s | %v | %v |\n", part.name, part.whose, m[0].Round(100*time.Microsecond), m[1].Round(100*time.Microsecond))
+		}
+	}
 }

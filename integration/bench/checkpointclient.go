@@ -506,13 +506,18 @@ func (e *ckEnv) directRun() (t, jobs [ckOps]time.Duration, err error) {
 	if err := waitRunning(console, 0, 3, false); err != nil {
 		return t, jobs, err
 	}
+	var started time.Time // the last client's start
 	client := func(op string, args ...string) (time.Duration, error) {
 		argv := []string{e.client, ckClientArg, "-op", op, "-sock", d.sock, "-pidfile", d.pidfile, "-log", d.log}
 		if d.mappedRAM {
 			argv = append(argv, "-mapped-ram")
 		}
-		wall, _, err := runSteps(e.timeout, [][]string{append(argv, args...)})
-		return wall, err
+		run, err := runTool(e.timeout, append(argv, args...))
+		if err != nil {
+			return 0, err
+		}
+		started = run.Start
+		return run.Wall, nil
 	}
 	if e.external {
 		mem := filepath.Join(dir, "vda.ext.mem")
@@ -522,6 +527,11 @@ func (e *ckEnv) directRun() (t, jobs [ckOps]time.Duration, err error) {
 		if err := waitRunning(console, consoleSize(console), 3, false); err != nil {
 			return t, jobs, fmt.Errorf("after the checkpoint: %w", err)
 		}
+		oldPid := pidIn(d.pidfile)
+		w, err := watchExit(oldPid)
+		if err != nil {
+			return t, jobs, err
+		}
 		if t[opRevert], err = client("revert", "-overlay", filepath.Join(dir, "vda.revert.qcow2"), "-backing", "vda.qcow2", "-mem", mem, "-command", cmdFile); err != nil {
 			return t, jobs, fmt.Errorf("revert: %w", err)
 		}
@@ -529,6 +539,10 @@ func (e *ckEnv) directRun() (t, jobs [ckOps]time.Duration, err error) {
 		if d.readPid(); !d.alive() {
 			return t, jobs, fmt.Errorf("revert: no qemu runs after it: %s", d.logTail())
 		}
+		if e.revert, err = revertTimes(dir, oldPid, d.pid, w, started, t[opRevert]); err != nil {
+			return t, jobs, err
+		}
+		jobs[opRevert] = e.revert.qemu()
 		if err := waitRunning(console, consoleSize(console), 3, true); err != nil {
 			return t, jobs, fmt.Errorf("after the revert: %w", err)
 		}
@@ -537,7 +551,7 @@ func (e *ckEnv) directRun() (t, jobs [ckOps]time.Duration, err error) {
 		if t[opInternalSave], err = client("save", "-tag", "int"); err != nil {
 			return t, jobs, fmt.Errorf("internal checkpoint: %w", err)
 		}
-		if jobs[opInternalSave], err = lastJobSpan(jobTrace(console)); err != nil {
+		if jobs[opInternalSave], err = lastJobSpan(dir, pidIn(d.pidfile)); err != nil {
 			return t, jobs, err
 		}
 		if err := waitRunning(console, consoleSize(console), 3, false); err != nil {
@@ -546,7 +560,7 @@ func (e *ckEnv) directRun() (t, jobs [ckOps]time.Duration, err error) {
 		if t[opInternalLoad], err = client("load", "-tag", "int"); err != nil {
 			return t, jobs, fmt.Errorf("internal revert: %w", err)
 		}
-		if jobs[opInternalLoad], err = lastJobSpan(jobTrace(console)); err != nil {
+		if jobs[opInternalLoad], err = lastJobSpan(dir, pidIn(d.pidfile)); err != nil {
 			return t, jobs, err
 		}
 		if err := waitRunning(console, consoleSize(console), 3, true); err != nil {

@@ -370,16 +370,25 @@ func (c *JobCase) otherSteps() [][]string {
 	return [][]string{c.Other}
 }
 
+// runTool runs one command; a failing command is an error.
+func runTool(timeout time.Duration, argv []string) (*Run, error) {
+	run, err := runOnce(timeout, argv)
+	if err != nil {
+		return nil, err
+	}
+	if run.Exit != 0 {
+		return nil, fmt.Errorf("%s exited %d: %s", shellQuote(argv), run.Exit, firstLines(strings.TrimSpace(string(run.Stderr)+string(run.Stdout)), 3))
+	}
+	return run, nil
+}
+
 // runSteps runs the commands one after the other and returns the sum of
 // their times and their peak RSS; a failing command is an error.
 func runSteps(timeout time.Duration, steps [][]string) (wall time.Duration, maxRSS int64, err error) {
 	for _, argv := range steps {
-		run, err := runOnce(timeout, argv)
+		run, err := runTool(timeout, argv)
 		if err != nil {
 			return 0, 0, err
-		}
-		if run.Exit != 0 {
-			return 0, 0, fmt.Errorf("%s exited %d: %s", shellQuote(argv), run.Exit, firstLines(strings.TrimSpace(string(run.Stderr)+string(run.Stdout)), 3))
 		}
 		wall += run.Wall
 		maxRSS = max(maxRSS, run.MaxRSSKiB)

@@ -28,7 +28,7 @@ const (
 )
 
 // launch runs os.Args[1:] with this process's stdin, stdout and stderr,
-// then writes "exit maxrss_kib wall_ns" to launcherFD.
+// then writes "exit maxrss_kib wall_ns start_unix_ns" to launcherFD.
 func launch() int {
 	report := os.NewFile(launcherFD, "report")
 	// Not passed on: a process the tool leaves running (the qemu of
@@ -62,7 +62,7 @@ func launch() int {
 	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
 		rss = ru.Maxrss // KiB on Linux
 	}
-	fmt.Fprintf(report, "%d %d %d\n", cmd.ProcessState.ExitCode(), rss, int64(wall))
+	fmt.Fprintf(report, "%d %d %d %d\n", cmd.ProcessState.ExitCode(), rss, int64(wall), start.UnixNano())
 	return 0
 }
 

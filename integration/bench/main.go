@@ -71,6 +71,9 @@ func main() {
 	if os.Getenv(launcherEnv) != "" {
 		os.Exit(launch())
 	}
+	if len(os.Args) > 1 && os.Args[1] == ckStampArg {
+		os.Exit(stampMain(os.Args[2:]))
+	}
 	if len(os.Args) > 1 && os.Args[1] == ckClientArg {
 		os.Exit(clientMain(os.Args[2:]))
 	}
@@ -297,6 +300,7 @@ func run() int {
 		}
 	}
 	printCheckpointTable(ckResults, *n)
+	printRevertParts(ckResults)
 	for _, r := range ckResults {
 		failed = failed || r.Err != nil
 	}

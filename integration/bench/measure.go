@@ -15,6 +15,8 @@ import (
 // Run is one execution of a tool.
 type Run struct {
 	Wall time.Duration
+	// Start is when the launcher started the tool (its wall clock).
+	Start time.Time
 	// MaxRSSKiB is the child's peak resident set, from getrusage.
 	MaxRSSKiB int64
 	Exit      int
@@ -73,11 +75,11 @@ func runOnce(timeout time.Duration, argv []string) (*Run, error) {
 		return nil, err
 	}
 	r := &Run{Stdout: stdout, Stderr: stderr.Bytes()}
-	var wallNS int64
-	if _, err := fmt.Sscan(string(report), &r.Exit, &r.MaxRSSKiB, &wallNS); err != nil {
+	var wallNS, startNS int64
+	if _, err := fmt.Sscan(string(report), &r.Exit, &r.MaxRSSKiB, &wallNS, &startNS); err != nil {
 		return nil, fmt.Errorf("%s: launcher report %q: %v", shellQuote(argv), report, err)
 	}
-	r.Wall = time.Duration(wallNS)
+	r.Wall, r.Start = time.Duration(wallNS), time.Unix(0, startNS)
 	return r, nil
 }
 
