@@ -350,6 +350,10 @@ type vmExecutor struct {
 	ex    Executor
 	m     *Manager
 	final *VM
+	// stopped: this run made sure that no qemu of the VM runs (it holds
+	// the lock), so the step that starts one need not look for one a
+	// killed run started.
+	stopped bool
 }
 
 // Run implements Executor.
@@ -362,7 +366,7 @@ func (x *vmExecutor) Run(s Step) error {
 	}
 	switch s.Kind {
 	case StepLoadMemory:
-		return x.m.loadMemory(x.final, s, conn)
+		return x.m.loadMemory(x.final, s, conn, x.stopped)
 	case StepInternalLoad:
 		return x.m.internalLoad(x.final, s, conn)
 	}
@@ -371,11 +375,12 @@ func (x *vmExecutor) Run(s Step) error {
 
 // loadMemory runs StepLoadMemory for vm (its disks as the operation
 // leaves them); run again it finishes a load in progress or does only
-// what is left.
-func (m *Manager) loadMemory(vm *VM, s Step, conn *qmp.Conn) error {
+// what is left. stopped says that no qemu of the VM runs: the run
+// stopped them.
+func (m *Manager) loadMemory(vm *VM, s Step, conn *qmp.Conn, stopped bool) error {
 	ctx := m.ctx()
 	var err error
-	if conn == nil {
+	if conn == nil && !stopped {
 		if conn, err = m.dialStarted(vm); err == nil {
 			defer conn.Close()
 		}
@@ -387,7 +392,7 @@ func (m *Manager) loadMemory(vm *VM, s Step, conn *qmp.Conn) error {
 				return fmt.Errorf("restoring the NVRAM: %w", err)
 			}
 		}
-		if conn, err = m.launch(vm, LaunchOptions{Incoming: true}, 0); err != nil {
+		if conn, err = m.launch(vm, LaunchOptions{Incoming: true, noneRunning: stopped}, 0); err != nil {
 			return err
 		}
 		defer conn.Close()
@@ -528,7 +533,9 @@ func (m *Manager) revertCheckpoint(l *Locked, s *Snapshot, o RevertOptions) (*Pl
 	steps = append(steps, load)
 	p.Steps = append(steps, removes...)
 	j := &Journal{Op: "revert", Snapshot: s.Name, Started: m.now(), Steps: p.Steps, Final: p.Final}
-	ex := &vmExecutor{ex: &Offline{Ctx: m.ctx(), StorageDaemon: m.StorageDaemon}, m: m, final: p.Final}
+	// No qemu of the VM runs now, and none can start while the lock is
+	// held.
+	ex := &vmExecutor{ex: &Offline{Ctx: m.ctx(), StorageDaemon: m.StorageDaemon}, m: m, final: p.Final, stopped: true}
 	err = l.run(j, ex, m.BeforeStep)
 	var se *StepError
 	if errors.As(err, &se) && se.Step.Kind == StepLoadMemory {

@@ -137,6 +137,10 @@ type LaunchOptions struct {
 	Incoming bool
 	// LoadVM starts it from the internal snapshot with that tag (-loadvm).
 	LoadVM string
+	// noneRunning: the caller made sure, under the VM's lock, that no
+	// qemu of the VM runs (it stopped them), and launch need not look
+	// through every process for one.
+	noneRunning bool
 }
 
 // QemuArgs returns the arguments (without the binary) qchain runs vm's

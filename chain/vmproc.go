@@ -258,7 +258,9 @@ func (m *Manager) launch(vm *VM, lo LaunchOptions, timeout time.Duration) (*qmp.
 	if err != nil {
 		return nil, err
 	}
-	if p := m.Store.Process(vm); p.Running {
+	if lo.noneRunning {
+		// The caller stopped the VM's qemus under the lock it holds.
+	} else if p := m.Store.Process(vm); p.Running {
 		return nil, fmt.Errorf("VM %s is already running (pid %d)", vm.Name, p.PID)
 	}
 	if conn, err := DialVM(m.ctx(), vm); err == nil {
@@ -392,6 +394,16 @@ func (m *Manager) stopQemuOn(vm *VM, o StopOptions, conn *qmp.Conn) error {
 	if err != nil {
 		return fmt.Errorf("VM %s: which qemu answers on %s: %w", vm.Name, vm.QMP, err)
 	}
+	// Any other qemu of the VM (a killed qchain's) goes too. The search
+	// reads every process's command line: it runs while this one stops
+	// (none can start meanwhile, the VM is locked).
+	strays := make(chan error, 1)
+	go func() { strays <- m.killQemus(vm, pid) }()
+	defer func() {
+		if strays != nil {
+			<-strays
+		}
+	}()
 	// Gone: the monitor closed, then the process exited.
 	wait := func(d time.Duration) bool {
 		t := time.NewTimer(d)
@@ -406,8 +418,9 @@ func (m *Manager) stopQemuOn(vm *VM, o StopOptions, conn *qmp.Conn) error {
 		return waitPID(m.ctx(), pid, quitTimeout)
 	}
 	stopped := func() error {
-		// Any other qemu of the VM (a killed qchain's) goes too.
-		if err := m.killQemus(vm, 0); err != nil {
+		err := <-strays
+		strays = nil
+		if err != nil {
 			return err
 		}
 		os.Remove(m.Store.pidPath(vm.Name))
