@@ -191,7 +191,7 @@ func runCheckpointBench(qchain string, runs int, quick bool, timeout time.Durati
 	}
 	fmt.Printf("- %d untimed run(s) of each side, then %d timed runs each, alternating which side goes first\n", warm, runs)
 	fmt.Println("- qchain: vm define + vm start (untimed define), snapshot create --memory, snapshot revert --force, snapshot create --internal, snapshot revert --force")
-	fmt.Println("- direct QMP client: qemu started by the bench with the command line qchain gives it; per operation a process (this bench's binary in client mode, copied to " + client + ", " + linkage(client) + "), started and timed through the same launcher as qchain, that connects (greeting, qmp_capabilities) and sends the commands qchain sends, polling every 10 ms")
+	fmt.Println("- direct QMP client: qemu started by the bench with the command line qchain gives it; per operation a process (this bench's binary in client mode, copied to " + client + ", " + linkage(client) + "), started and timed through the same launcher as qchain, that connects (greeting, qmp_capabilities) and sends the commands qchain sends, waiting on QEMU's events (MIGRATION, JOB_STATUS_CHANGE) as qchain does")
 	for _, p := range plans {
 		env := &ckEnv{qchain: qchain, client: client, fixture: f, mem: p.mem, work: work, timeout: timeout, external: p.external, internal: p.internal, running: &running}
 		r := &CheckpointResult{MemMiB: p.mem, Cases: p.cases}

@@ -29,9 +29,6 @@ import (
 // copy of the bench in client mode (checkpointclientmain.go) started
 // through the launcher, so that it pays a process start as qchain does.
 
-// directPoll is how often the direct client polls a migration or a job.
-const directPoll = 10 * time.Millisecond
-
 // memoryFd is the name the direct client gives the memory file's
 // descriptor in QEMU (getfd), as qchain does.
 const memoryFd = "bench-memory"
@@ -203,33 +200,67 @@ func (q *qmpLines) doFd(name string, args any, f *os.File) error {
 	return err
 }
 
-// waitMigration polls query-migrate until the migration reaches want.
+// waitMigration waits for the MIGRATION event that says the migration
+// reached want (the events capability is on, as qchain sets it).
 func (q *qmpLines) waitMigration(want string) error {
+	return q.waitEvent(func(ev qmpEvent) (bool, error) {
+		if ev.Event != "MIGRATION" {
+			return false, nil
+		}
+		var d struct {
+			Status string `json:"status"`
+		}
+		if err := json.Unmarshal(ev.Data, &d); err != nil {
+			return false, err
+		}
+		switch d.Status {
+		case want:
+			return true, nil
+		case "failed", "cancelled":
+			return false, fmt.Errorf("migration %s", d.Status)
+		}
+		return false, nil
+	})
+}
+
+// waitFinishMigrate waits, as qchain does, until the run state is no
+// longer finish-migrate: a migration reports completed before its
+// clean-up ends, and cont fails until then.
+func (q *qmpLines) waitFinishMigrate() error {
+	pause := time.Millisecond
 	for {
-		ret, err := q.do("query-migrate", nil)
+		ret, err := q.do("query-status", nil)
 		if err != nil {
 			return err
 		}
-		var mi struct {
-			Status    string `json:"status"`
-			ErrorDesc string `json:"error-desc"`
+		var st struct {
+			Status string `json:"status"`
 		}
-		if err := json.Unmarshal(ret, &mi); err != nil {
+		if err := json.Unmarshal(ret, &st); err != nil || st.Status != "finish-migrate" {
 			return err
 		}
-		switch mi.Status {
-		case want:
-			return nil
-		case "failed", "cancelled":
-			return fmt.Errorf("migration %s: %s", mi.Status, mi.ErrorDesc)
-		}
-		time.Sleep(directPoll)
+		time.Sleep(pause)
+		pause = min(2*pause, 20*time.Millisecond)
 	}
 }
 
-// runJob polls query-jobs until job id concludes, then dismisses it.
+// runJob waits for job id's JOB_STATUS_CHANGE to concluded, reads its
+// error (query-jobs) and dismisses it, as qchain does.
 func (q *qmpLines) runJob(id string) error {
 	for {
+		err := q.waitEvent(func(ev qmpEvent) (bool, error) {
+			var d struct {
+				ID     string `json:"id"`
+				Status string `json:"status"`
+			}
+			if ev.Event != "JOB_STATUS_CHANGE" || json.Unmarshal(ev.Data, &d) != nil {
+				return false, nil
+			}
+			return d.ID == id && d.Status == "concluded", nil
+		})
+		if err != nil {
+			return err
+		}
 		ret, err := q.do("query-jobs", nil)
 		if err != nil {
 			return err
@@ -252,7 +283,6 @@ func (q *qmpLines) runJob(id string) error {
 			_, err := q.do("job-dismiss", map[string]any{"id": id})
 			return err
 		}
-		time.Sleep(directPoll)
 	}
 }
 
@@ -309,7 +339,8 @@ func (d *directVM) createCheckpoint(overlay, backing, mem string) error {
 		return err
 	}
 	defer q.conn.Close()
-	caps := []map[string]any{{"capability": "pause-before-switchover", "state": true}}
+	q.keepEvents = true
+	caps := []map[string]any{{"capability": "pause-before-switchover", "state": true}, {"capability": "events", "state": true}}
 	if d.mappedRAM {
 		caps = append(caps, map[string]any{"capability": "mapped-ram", "state": true})
 	}
@@ -351,6 +382,9 @@ func (d *directVM) createCheckpoint(overlay, backing, mem string) error {
 	if err := q.waitMigration("completed"); err != nil {
 		return err
 	}
+	if err := q.waitFinishMigrate(); err != nil {
+		return err
+	}
 	if err := f.Sync(); err != nil {
 		return err
 	}
@@ -384,10 +418,15 @@ func (d *directVM) revertCheckpoint(overlay, backing, mem string) error {
 		return err
 	}
 	defer q.conn.Close()
+	q.keepEvents = true
+	caps := []map[string]any{{"capability": "events", "state": true}}
 	if d.mappedRAM {
-		if _, err := q.do("migrate-set-capabilities", map[string]any{"capabilities": []map[string]any{{"capability": "mapped-ram", "state": true}}}); err != nil {
-			return err
-		}
+		caps = append(caps, map[string]any{"capability": "mapped-ram", "state": true})
+	}
+	if _, err := q.do("migrate-set-capabilities", map[string]any{"capabilities": caps}); err != nil {
+		return err
+	}
+	if d.mappedRAM {
 		if _, err := q.do("migrate-incoming", map[string]any{"uri": "file:" + mem}); err != nil {
 			return err
 		}
@@ -408,6 +447,9 @@ func (d *directVM) revertCheckpoint(overlay, backing, mem string) error {
 	if err := q.waitMigration("completed"); err != nil {
 		return fmt.Errorf("%w: %s", err, d.logTail())
 	}
+	if err := q.waitFinishMigrate(); err != nil {
+		return err
+	}
 	if _, err := q.do("cont", nil); err != nil {
 		return err
 	}
@@ -426,6 +468,7 @@ func (d *directVM) internalCheckpoint(tag string, load bool) error {
 	if err != nil {
 		return err
 	}
+	q.keepEvents = true
 	cmd, id := "snapshot-save", "bench-save"
 	if load {
 		cmd, id = "snapshot-load", "bench-load"

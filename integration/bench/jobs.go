@@ -619,6 +619,41 @@ func directActiveCommit(c *JobChain, work string, timeout time.Duration) (time.D
 type qmpLines struct {
 	conn net.Conn
 	r    *bufio.Reader
+	// events are the events read while waiting for replies, oldest
+	// first, kept for waitEvent once keepEvents is set.
+	events     []qmpEvent
+	keepEvents bool
+}
+
+// qmpEvent is an event QEMU sent.
+type qmpEvent struct {
+	Event string          `json:"event"`
+	Data  json.RawMessage `json:"data"`
+}
+
+// waitEvent reads events (the kept ones first) until done says one is
+// the last wanted, or returns its error.
+func (q *qmpLines) waitEvent(done func(qmpEvent) (bool, error)) error {
+	for {
+		var ev qmpEvent
+		if len(q.events) > 0 {
+			ev, q.events = q.events[0], q.events[1:]
+		} else {
+			line, err := q.r.ReadBytes('\n')
+			if err != nil {
+				return fmt.Errorf("waiting for an event: %w", err)
+			}
+			if err := json.Unmarshal(line, &ev); err != nil {
+				return fmt.Errorf("waiting for an event: %w: %q", err, line)
+			}
+		}
+		if ev.Event == "" {
+			continue
+		}
+		if ok, err := done(ev); ok || err != nil {
+			return err
+		}
+	}
 }
 
 // do runs a command and returns its "return" value, skipping events.
@@ -646,6 +681,7 @@ func (q *qmpLines) reply(name string) (json.RawMessage, error) {
 		}
 		var resp struct {
 			Event  string          `json:"event"`
+			Data   json.RawMessage `json:"data"`
 			Return json.RawMessage `json:"return"`
 			Error  *struct {
 				Class string `json:"class"`
@@ -657,6 +693,9 @@ func (q *qmpLines) reply(name string) (json.RawMessage, error) {
 		}
 		switch {
 		case resp.Event != "":
+			if q.keepEvents {
+				q.events = append(q.events, qmpEvent{Event: resp.Event, Data: resp.Data})
+			}
 			continue
 		case resp.Error != nil:
 			return nil, fmt.Errorf("%s: %s: %s", name, resp.Error.Class, resp.Error.Desc)
