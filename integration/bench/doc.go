@@ -62,15 +62,24 @@
 //     start-up floor prints the client's no-op start beside the empty Go
 //     program's. make bench builds the bench static (CGO_ENABLED=0) like
 //     qchain; a plain go run with cgo at hand links it dynamically, which
-//     only slows the client (the floor line says which). qchain's
-//     overhead under 5% (judged on the fastest run of each side; for the
-//     internal rows on the medians of the time outside QEMU's snapshot
-//     job, which both sides' qemu log with QEMU's clock through -msg
-//     timestamp=on -trace enable=job_state_transition: the job's own
-//     spread from run to run is larger than the goal, and the wall times
-//     are printed beside it); the reverts are also set against a cold boot (qemu start to the
-//     console's READY line), and the internal revert must take under a
-//     second.
+//     only slows the client (the floor line says which). Like qchain,
+//     the client waits on QEMU's events (MIGRATION, with the events
+//     capability; JOB_STATUS_CHANGE) and waits out finish-migrate before
+//     cont. qchain's overhead under 5%: judged on the fastest run of each
+//     side for the external create; for the reverts and the internal
+//     create on the medians of the time outside QEMU's own parts, timed
+//     with QEMU's clock on both sides (qemutrace.go): the guest's qemu
+//     runs through an exec stamp that notes when it is executed, and logs
+//     trace events with timestamps (-msg timestamp=on, -D with %d, one
+//     file per process). QEMU's parts are a snapshot job's created to
+//     concluded, and for an external revert the old qemu's quit received
+//     to its exit (a pidfd in the bench), the new one's exec to its
+//     machine's reset (the end of its start-up), migrate-incoming to the
+//     state loaded, and cont; they vary from run to run by more than the
+//     goal, and the wall times are printed beside. The external revert is
+//     also printed in parts, the tool's and QEMU's in turn. The reverts
+//     are also set against a cold boot (qemu start to the console's READY
+//     line), and the internal revert must take under a second.
 //
 // Every timing warms the page cache with one untimed run of each tool, then
 // takes the median of -n runs, alternating the tools. The outputs of both
