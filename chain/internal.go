@@ -298,6 +298,11 @@ func (m *Manager) internalLoad(vm *VM, s Step, conn *qmp.Conn) error {
 // state"), and the load of an external checkpoint saved with mapped-ram
 // leaves it on in the qemu it started.
 func streamCaps(ctx context.Context, c *qmp.Conn) error {
+	if v := c.Greeting().Version.QEMU; v.Major > 0 && v.Major < 9 {
+		// mapped-ram came with QEMU 9.0: nothing to ask an older one
+		// (one round trip less, which waits for QEMU's main loop).
+		return nil
+	}
 	caps, err := c.QueryMigrateCapabilities(ctx)
 	if err != nil {
 		return err

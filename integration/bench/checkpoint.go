@@ -415,6 +415,9 @@ func (e *ckEnv) qchainRun() (t, jobs [ckOps]time.Duration, err error) {
 		if t[opCreate], err = q("snapshot", "create", "--memory", ckRun, "ext"); err != nil {
 			return t, jobs, err
 		}
+		if jobs[opCreate], err = createSpan(dir, pidIn(pidFile)); err != nil {
+			return t, jobs, err
+		}
 		if err := waitRunning(console, consoleSize(console), 3, false); err != nil {
 			return t, jobs, fmt.Errorf("after the checkpoint: %w", err)
 		}
@@ -506,7 +509,10 @@ func printCheckpointTable(results []*CheckpointResult, runs int) {
 				// goal: the overhead is judged on the time outside it.
 				adj := float64(median(qo)-median(do)) / float64(d.Median())
 				what := "a job"
-				if c.Op == opRevert {
+				switch c.Op {
+				case opCreate:
+					what = "QEMU's parts (migrate to the pause before the switchover, migrate-continue to completed)"
+				case opRevert:
 					what = "QEMU's parts (old qemu's exit after quit, new qemu's exec to its machine reset, load, cont)"
 				}
 				figure = fmt.Sprintf("overhead %+.1f%% outside QEMU's own time (qchain %v, client %v around %s of %v vs %v, medians); wall time: %s",

@@ -141,6 +141,19 @@ func (d *directVM) waitExit(limit time.Duration) bool {
 	}
 }
 
+// gone reports whether the VM's qemu has exited, as a pidfd says: the
+// kernel's word, where alive's reading of /proc was seen to take a qemu
+// that went on running for gone while it started.
+func (d *directVM) gone() bool {
+	fd, err := unix.PidfdOpen(d.pid, 0)
+	if err != nil {
+		return errors.Is(err, unix.ESRCH) || !d.alive()
+	}
+	defer unix.Close(fd)
+	n, _ := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 0)
+	return n > 0
+}
+
 // kill ends the qemu pidfile names if it still runs and waits for it.
 func (d *directVM) kill() {
 	d.readPid()
@@ -176,7 +189,7 @@ func (d *directVM) dial() (*qmpLines, error) {
 			}
 			return q, nil
 		}
-		if !d.alive() {
+		if d.gone() {
 			return nil, fmt.Errorf("qemu exited: %s", d.logTail())
 		}
 		time.Sleep(2 * time.Millisecond)
@@ -566,6 +579,9 @@ func (e *ckEnv) directRun() (t, jobs [ckOps]time.Duration, err error) {
 		mem := filepath.Join(dir, "vda.ext.mem")
 		if t[opCreate], err = client("create", "-overlay", filepath.Join(dir, "vda.ext.qcow2"), "-backing", "vda.qcow2", "-mem", mem); err != nil {
 			return t, jobs, fmt.Errorf("checkpoint: %w", err)
+		}
+		if jobs[opCreate], err = createSpan(dir, pidIn(d.pidfile)); err != nil {
+			return t, jobs, err
 		}
 		if err := waitRunning(console, consoleSize(console), 3, false); err != nil {
 			return t, jobs, fmt.Errorf("after the checkpoint: %w", err)

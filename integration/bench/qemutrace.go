@@ -305,3 +305,32 @@ func revertTimes(dir string, oldPid, newPid int, w *exitWatch, start time.Time, 
 	}
 	return revertSpan(dir, oldPid, newPid, start, at, start.Add(wall))
 }
+
+// createSpan is QEMU's time in the last external checkpoint with memory
+// that qemu pid in dir took: migrate received to the migration paused
+// before the switchover (the RAM written), and migrate-continue received
+// to the migration completed (the device state written). Between the two
+// the tool switches the disks.
+func createSpan(dir string, pid int) (time.Duration, error) {
+	evs, err := readTrace(traceOf(dir, pid))
+	if err != nil {
+		return 0, err
+	}
+	var migrate, paused, cont, done time.Time
+	for _, e := range evs {
+		switch {
+		case e.isCommand("migrate"):
+			migrate, paused, cont, done = e.At, time.Time{}, time.Time{}, time.Time{}
+		case e.Name == "migrate_set_state" && strings.HasSuffix(e.Rest, " pre-switchover") && !migrate.IsZero():
+			paused = e.At
+		case e.isCommand("migrate-continue"):
+			cont = e.At
+		case e.Name == "migrate_set_state" && strings.HasSuffix(e.Rest, " completed") && !cont.IsZero():
+			done = e.At
+		}
+	}
+	if paused.IsZero() || done.IsZero() {
+		return 0, fmt.Errorf("%s: no migration paused before the switchover and completed", traceOf(dir, pid))
+	}
+	return paused.Sub(migrate) + done.Sub(cont), nil
+}
