@@ -475,8 +475,9 @@ func killStarted(state, vm string) {
 }
 
 // printCheckpointTable prints the checkpoint figures: medians, the
-// overhead judged on the fastest run of each side (as the block jobs',
-// noise only adds time), the revert against the cold boot.
+// overhead judged on the medians of the time outside QEMU's own parts
+// (on the fastest run of each side, as the block jobs', for a row without
+// them), the reverts against the cold boot.
 func printCheckpointTable(results []*CheckpointResult, runs int) {
 	if len(results) == 0 {
 		return

@@ -65,14 +65,15 @@
 //     only slows the client (the floor line says which). Like qchain,
 //     the client waits on QEMU's events (MIGRATION, with the events
 //     capability; JOB_STATUS_CHANGE) and waits out finish-migrate before
-//     cont. qchain's overhead under 5%: judged on the fastest run of each
-//     side for the external create; for the reverts and the internal
-//     create on the medians of the time outside QEMU's own parts, timed
+//     cont. qchain's overhead under 5%, judged on the medians of the
+//     time outside QEMU's own parts, timed
 //     with QEMU's clock on both sides (qemutrace.go): the guest's qemu
 //     runs through an exec stamp that notes when it is executed, and logs
 //     trace events with timestamps (-msg timestamp=on, -D with %d, one
 //     file per process). QEMU's parts are a snapshot job's created to
-//     concluded, and for an external revert the old qemu's quit received
+//     concluded; for an external create migrate received to the pause
+//     before the switchover and migrate-continue received to completed;
+//     for an external revert the old qemu's quit received
 //     to its exit (a pidfd in the bench), the new one's exec to its
 //     machine's reset (the end of its start-up), migrate-incoming to the
 //     state loaded, and cont; they vary from run to run by more than the
