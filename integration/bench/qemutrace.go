@@ -119,6 +119,9 @@ func readTrace(path string) ([]traceEvent, error) {
 			continue
 		}
 		name, rest, _ := strings.Cut(rest, " ")
+		if name == "" {
+			continue
+		}
 		evs = append(evs, traceEvent{At: time.Unix(si, ui*1000), Name: name, Rest: rest})
 	}
 	if len(evs) == 0 {
