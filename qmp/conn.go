@@ -32,6 +32,8 @@ const (
 	// connects again to a QEMU whose monitor is still starting.
 	maxNotReadyDials = 50
 	notReadyDelay    = 20 * time.Millisecond
+	// maxHandshakeWait caps the bound of one handshake attempt in Dial.
+	maxHandshakeWait = 16 * time.Second
 	// DefaultCallTimeout bounds the calls that take no context (the
 	// go-qemu Monitor methods Connect and Run) when Options.CallTimeout is
 	// zero.
@@ -150,7 +152,14 @@ func NewConn(nc net.Conn, opts Options) *Conn {
 
 // Dial connects to the QMP unix socket at path and performs the handshake
 // (greeting and qmp_capabilities) within ctx.
+//
+// A handshake that QEMU leaves unanswered for handshakeWait (doubling with
+// each attempt) is given up and Dial connects again, as long as ctx has
+// time left: a connection made while QEMU starts can hang for good on
+// qmp_capabilities (seen on 7.2 and 10.0), while a new one is answered.
+// A QEMU that is merely slow to start costs only the new connections.
 func Dial(ctx context.Context, path string, opts Options) (*Conn, error) {
+	wait := handshakeWait
 	for attempt := 1; ; attempt++ {
 		var d net.Dialer
 		nc, err := d.DialContext(ctx, "unix", path)
@@ -158,9 +167,16 @@ func Dial(ctx context.Context, path string, opts Options) (*Conn, error) {
 			return nil, fmt.Errorf("qmp: dial %s: %w", path, err)
 		}
 		c := NewConn(nc, opts)
-		err = c.ConnectContext(ctx)
+		actx, cancel := context.WithTimeout(ctx, wait)
+		err = c.ConnectContext(actx)
+		hung := actx.Err() != nil && ctx.Err() == nil
+		cancel()
 		if err == nil {
 			return c, nil
+		}
+		if hung {
+			err = fmt.Errorf("%w: no answer in %v (%v)", ErrNotReady, wait, err)
+			wait = min(2*wait, maxHandshakeWait)
 		}
 		if !errors.Is(err, ErrNotReady) || attempt == maxNotReadyDials {
 			return nil, fmt.Errorf("qmp: %s: %w", path, err)
@@ -180,6 +196,10 @@ func (c *Conn) Connect() error {
 	defer cancel()
 	return c.ConnectContext(ctx)
 }
+
+// handshakeWait bounds Dial's first handshake attempt; a variable so that
+// tests can shorten it.
+var handshakeWait = 2 * time.Second
 
 // aLongTimeAgo is a deadline in the past, used to interrupt blocked I/O.
 var aLongTimeAgo = time.Unix(1, 0)

@@ -517,3 +517,87 @@ func TestEventBeforeGreeting(t *testing.T) {
 		t.Fatalf("Dial to a server without greeting: %v, want ErrProtocol", err)
 	}
 }
+
+// TestHandshakeHang: a connection whose qmp_capabilities QEMU never
+// answers (seen on 10.0 at start-up, after a normal greeting) is given up
+// after handshakeWait and Dial connects again; a peer that never answers
+// costs the caller's whole context and no more.
+func TestHandshakeHang(t *testing.T) {
+	defer func(w time.Duration) { handshakeWait = w }(handshakeWait)
+	handshakeWait = 50 * time.Millisecond
+	silent := make(chan struct{})
+	defer close(silent)
+	// serve answers every connection after the first `mute` ones, which
+	// greet, take qmp_capabilities in and say no more.
+	serve := func(mute int32) (path string, conns *atomic.Int32) {
+		path = filepath.Join(t.TempDir(), "hang.sock")
+		ln, err := net.Listen("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		conns = new(atomic.Int32)
+		go func() {
+			for {
+				nc, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				f := &fakeConn{t: t, nc: nc, br: bufio.NewReader(nc)}
+				n := conns.Add(1)
+				go func() {
+					defer nc.Close()
+					if mute < 0 || n <= mute {
+						f.sendLine(`{"QMP": {"version": {"qemu": {"micro": 2, "minor": 0, "major": 10}, "package": ""}, "capabilities": ["oob"]}}`)
+						f.recv()
+						<-silent
+						return
+					}
+					if !f.greet() {
+						return
+					}
+					for {
+						c, ok := f.recv()
+						if !ok {
+							return
+						}
+						f.reply(c, map[string]any{})
+					}
+				}()
+			}
+		}()
+		return path, conns
+	}
+
+	path, conns := serve(2)
+	start := time.Now()
+	c, err := Dial(testCtx(t, 10*time.Second), path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if n := conns.Load(); n != 3 {
+		t.Errorf("Dial connected %d times, want 3", n)
+	}
+	// 50 ms, then 100 ms: the bound doubles.
+	if d := time.Since(start); d < 150*time.Millisecond {
+		t.Errorf("Dial gave the silent connections %v in all, want at least 150ms", d)
+	}
+	if err := c.Execute(testCtx(t, 5*time.Second), "query-status", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	// A peer that never answers: Dial gives up with the caller's context.
+	path, conns = serve(-1)
+	ctx := testCtx(t, 300*time.Millisecond)
+	_, err = Dial(ctx, path, Options{})
+	if err == nil || ctx.Err() == nil {
+		t.Fatalf("Dial to a mute peer returned %v before its context ended", err)
+	}
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Dial to a mute peer: %v, want the context's deadline", err)
+	}
+	if n := conns.Load(); n < 2 {
+		t.Errorf("Dial to a mute peer connected %d times, want at least 2", n)
+	}
+}

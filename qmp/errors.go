@@ -23,9 +23,10 @@ var (
 	// neither a return nor an error.
 	ErrProtocol = errors.New("qmp: protocol error")
 
-	// ErrNotReady reports a monitor that sent an event before its greeting:
-	// QEMU is still starting and has not set the connection up. Dial
-	// connects again; callers of ConnectContext may do the same.
+	// ErrNotReady reports a monitor that sent an event before its greeting,
+	// or (from Dial) left a handshake unanswered: QEMU is still starting
+	// and has not set the connection up. Dial connects again; callers of
+	// ConnectContext may do the same.
 	ErrNotReady = errors.New("qmp: monitor not ready")
 
 	// ErrLineTooLong reports a reply or event line longer than
