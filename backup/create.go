@@ -100,7 +100,7 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 		opts.note("%s: an interrupted run left %s: removed", dir, strings.Join(removed, ", "))
 	}
 
-	s, err := openSession(ctx, vm, opts.StorageDaemon)
+	s, err := openSession(ctx, vm, opts.StorageDaemon, BitmapPrefix(x.ID))
 	if err != nil {
 		return nil, err
 	}
@@ -392,25 +392,46 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 		return fail(err)
 	}
 
-	// The point is stored: the bitmaps of earlier points go from the
-	// active images. Those of the layers below stay (read-only nodes of a
-	// running VM; disabled, under names no later point asks for).
+	// The point is stored: the bitmaps of earlier points go, from the
+	// active images and from the layers below that the session opened
+	// for writing (offline). A running VM's layers below are read-only
+	// nodes: theirs (disabled, under names no later point asks for) stay
+	// until an offline run, and the run says so.
+	kept := 0
 	for _, r := range runs {
 		sd := s.disks[r.target]
-		var top []qmp.DirtyBitmapInfo
-		if l := bitmaps[r.target]; len(l) > 0 {
-			top = l[0].Bitmaps
-		}
-		for _, b := range top {
-			if strings.HasPrefix(b.Name, BitmapPrefix(x.ID)) && b.Name != newBitmap {
-				if err := step("remove old bitmap " + b.Name + " of " + r.target); err != nil {
+		for i, l := range bitmaps[r.target] {
+			old := 0
+			for _, b := range l.Bitmaps {
+				if !strings.HasPrefix(b.Name, BitmapPrefix(x.ID)) || b.Name == newBitmap {
+					continue
+				}
+				old++
+				if i > sd.Writable {
+					continue
+				}
+				if err := step("remove old bitmap " + b.Name + " of " + filepath.Base(l.File)); err != nil {
 					return nil, err
 				}
-				if err := s.conn.BitmapRemove(ctx, qmp.BlockDirtyBitmap{Node: sd.Node, Name: b.Name}); err != nil {
-					opts.note("VM %s disk %s: removing the old bitmap %s: %v", vm.Name, r.target, b.Name, err)
+				if err := s.conn.BitmapRemove(ctx, qmp.BlockDirtyBitmap{Node: l.Node, Name: b.Name}); err != nil {
+					opts.note("VM %s disk %s: removing the old bitmap %s of %s: %v", vm.Name, r.target, b.Name, filepath.Base(l.File), err)
 				}
 			}
+			if old > 0 && i > sd.Writable {
+				kept++
+			}
 		}
+	}
+	if kept > 0 {
+		what := fmt.Sprintf("%d layers below the active images keep", kept)
+		if kept == 1 {
+			what = "1 layer below the active images keeps"
+		}
+		why := "read-only in the running qemu"
+		if !s.live {
+			why = "another process has it open, or it is not writable"
+		}
+		opts.note("VM %s: %s disabled bitmaps of earlier points (%s): the next offline backup that can write them removes them", vm.Name, what, why)
 	}
 	if err := step("close session"); err != nil {
 		return nil, err

@@ -29,9 +29,13 @@
 // hold it, contiguously (bitmapUnion); an incremental merges them, in the
 // transaction that starts its job, into a temporary disabled bitmap of
 // the active node (unionBitmapName) that blockdev-backup copies from, and
-// removes it after. The previous points' bitmaps are removed from the
-// active images only: those below are read-only nodes of a running VM,
-// and a disabled bitmap of an older point is never asked for again.
+// removes it after. Once a point is stored, the previous points' bitmaps
+// are removed: from the active images, and offline also from the layers
+// below, which the storage daemon then opens for writing (unless another
+// process holds one: a base image other VMs share). A running VM's layers
+// below are read-only nodes; their disabled bitmaps of older points,
+// never asked for again, stay until an offline run, and each live run
+// says how many layers keep some.
 //
 // A point is full, and Create says why, after a revert since the previous
 // point (chain.VM.LastRevert: what the disks lost is in no bitmap), when

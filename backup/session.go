@@ -3,6 +3,7 @@ package backup
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/qchain/qchain/chain"
@@ -28,6 +29,11 @@ type sessionDisk struct {
 	Node string
 	// Layers are the disk's format nodes from the top (Node) down.
 	Layers []sessionLayer
+	// Writable is the index of the deepest layer open for writing: 0
+	// live and mostly offline, deeper offline when layers below the
+	// active image hold bitmaps of earlier points, which the run then
+	// removes (staleDepth).
+	Writable int
 }
 
 // sessionLayer is one image of a disk's chain in the monitor.
@@ -47,8 +53,10 @@ const daemonStartTimeout = 30 * time.Second
 // openSession connects to the VM's qemu when its monitor answers, and
 // checks that it writes to the images the metadata names; otherwise it
 // starts a storage daemon on the disks' chains (their active images
-// writable, for the bitmaps).
-func openSession(ctx context.Context, vm *chain.VM, storageDaemon string) (*session, error) {
+// writable, for the bitmaps, and the layers below down to the deepest one
+// that holds a bitmap whose name starts with stale, unless another process
+// holds one of them).
+func openSession(ctx context.Context, vm *chain.VM, storageDaemon, stale string) (*session, error) {
 	if vm.QMP != "" {
 		if conn, err := chain.DialVM(ctx, vm); err == nil {
 			s := &session{conn: conn, live: true, disks: map[string]sessionDisk{}}
@@ -65,7 +73,11 @@ func openSession(ctx context.Context, vm *chain.VM, storageDaemon string) (*sess
 		if err := qcow2.CheckNotInUse(d.Active); err != nil {
 			return nil, fmt.Errorf("VM %s disk %s: %w (a qemu that is not the VM's monitor %q has it open?)", vm.Name, d.Target, err, vm.QMP)
 		}
-		bds, err := chain.DaemonBlockdevs(d.Active, 0)
+		depth, err := staleDepth(d.Active, stale)
+		if err != nil {
+			return nil, fmt.Errorf("VM %s disk %s: %w", vm.Name, d.Target, err)
+		}
+		bds, err := chain.DaemonBlockdevs(d.Active, depth)
 		if err != nil {
 			return nil, fmt.Errorf("VM %s disk %s: %w", vm.Name, d.Target, err)
 		}
@@ -86,7 +98,7 @@ func openSession(ctx context.Context, vm *chain.VM, storageDaemon string) (*sess
 			layers = append([]sessionLayer{{Node: m["node-name"].(string), File: name}}, layers...)
 			blockdevs = append(blockdevs, m)
 		}
-		s.disks[d.Target] = sessionDisk{Device: prefix + "l0", Node: prefix + "l0", Layers: layers}
+		s.disks[d.Target] = sessionDisk{Device: prefix + "l0", Node: prefix + "l0", Layers: layers, Writable: depth}
 	}
 	sctx, cancel := context.WithTimeout(ctx, daemonStartTimeout)
 	defer cancel()
@@ -181,4 +193,41 @@ func (s *session) clearLeftovers(ctx context.Context, jobID, node string) (remov
 		removed = append(removed, "node "+node)
 	}
 	return removed
+}
+
+// staleDepth returns how deep an offline run opens top's chain for
+// writing: the deepest layer below top that holds a bitmap whose name
+// starts with prefix (a snapshot left it there, disabled, and once the
+// run stores its point no later point asks for it), but no deeper than
+// the first layer that another process has open (a base image that
+// other VMs share), or that this one may not write. 0 when there is
+// none.
+func staleDepth(top, prefix string) (int, error) {
+	c, err := qcow2.OpenChain(top, qcow2.ChainOptions{})
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	deepest := 0
+	for i, l := range c.Layers {
+		f, ok := l.(*qcow2.File)
+		if i == 0 || !ok {
+			continue
+		}
+		bms, err := f.Bitmaps()
+		if err != nil {
+			return 0, err
+		}
+		for _, b := range bms {
+			if strings.HasPrefix(b.Name, prefix) {
+				deepest = i
+			}
+		}
+	}
+	for i := 1; i <= deepest; i++ {
+		if qcow2.CheckNotInUse(c.Layers[i].Filename()) != nil {
+			return i - 1, nil
+		}
+	}
+	return deepest, nil
 }

@@ -1,11 +1,16 @@
 package integration
 
 import (
+	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/qchain/qchain/qcow2"
+	"github.com/qchain/qchain/qmp"
 )
 
 // TestBackupSnapshots takes incrementals across snapshot operations,
@@ -65,6 +70,14 @@ func testBackupSnapshots(t *testing.T, live bool) {
 		p := e.point(n)
 		if p.kind != "incremental" || p.live != live || p.copied["vda"] < vda || p.copied["vda"] > vdaMax || p.copied["vdb"] != vdb {
 			t.Errorf("%s: point %d %+v, want incremental copying vda %d..%d, vdb %d bytes (%s)", what, n, p, vda, vdaMax, vdb, msg)
+		}
+		// The earlier points' bitmaps that snapshots left disabled in
+		// the layers below go with the point offline; live they stay
+		// (read-only nodes), and the run says so.
+		if old := e.lowerBackupBitmaps("vda"); !live && len(old) > 0 {
+			t.Errorf("%s: offline point %d left bitmaps of earlier points below the active image: %v", what, n, old)
+		} else if live && len(old) > 0 && !strings.Contains(msg, "below the active images keep") {
+			t.Errorf("%s: live point %d left %v below the active image and did not say so: %q", what, n, old, msg)
 		}
 		t.Logf("%s: point %d copied vda %d vdb %d bytes (writes since the last point: vda %d, vdb %d)", what, n, p.copied["vda"], p.copied["vdb"], vda, vdb)
 		return n
@@ -147,7 +160,22 @@ func testBackupSnapshots(t *testing.T, live bool) {
 	}
 	e.ok("snapshot", "create", e.vm, "s10")
 	e.q.IO("qcow2", e.active(e.vm, "vda"), "write -q -P 0x63 56M 64k")
+	if live && len(e.lowerBackupBitmaps("vda")) == 0 {
+		t.Error("live: no bitmap of an earlier point below the active image: the offline cleanup below tests nothing")
+	}
 	pb, _ := e.backup()
+	// Offline, the point takes every earlier point's bitmap from the
+	// layers below (also those a live run had to leave), and every
+	// layer checks clean.
+	if p := e.point(pb); p.kind != "incremental" {
+		t.Errorf("offline point %d after snapshot s10: %+v, want incremental", pb, p)
+	}
+	for _, target := range []string{"vda", "vdb"} {
+		if old := e.lowerBackupBitmaps(target); len(old) > 0 {
+			t.Errorf("offline point %d left bitmaps of earlier points below the active image of %s: %v", pb, target, old)
+		}
+		e.checkLayers(target)
+	}
 	e.q.IO("qcow2", e.active(e.vm, "vda"), "write -q -P 0x64 60M 64k")
 	e.ok("snapshot", "revert", "--force", e.vm, "s10")
 	pr, msg := e.backup()
@@ -156,4 +184,106 @@ func testBackupSnapshots(t *testing.T, live bool) {
 	}
 	e.restoreAll()
 	e.ok("backup", "verify", e.dir)
+}
+
+// TestBackupOldBitmapsHeld: a layer below the active image that another
+// process holds (here as the backing file of its own image) keeps the
+// earlier points' bitmaps through an offline backup, which says so and is
+// incremental all the same; once it is free, the next offline point
+// removes them.
+func TestBackupOldBitmapsHeld(t *testing.T) {
+	haveStorageDaemon(t)
+	e := newBKEnv(t)
+	e.backup()
+	e.ok("snapshot", "create", e.vm, "s1")
+	below := e.lowerBackupBitmaps("vda")
+	if len(below) != 1 {
+		t.Fatalf("after a snapshot: bitmaps below the active image of vda %v, want the first point's", below)
+	}
+	base := filepath.Join(filepath.Dir(e.active(e.vm, "vda")), strings.Split(below[0], ":")[0])
+	other := filepath.Join(e.root, "other.qcow2")
+	e.q.Img("create", "-f", "qcow2", "-b", base, "-F", "qcow2", other)
+	ctx, cancel := context.WithTimeout(context.Background(), blockTimeout)
+	defer cancel()
+	d, err := qmp.StartStorageDaemon(ctx, qmp.StorageDaemonOptions{Blockdevs: []any{map[string]any{
+		"driver": "qcow2", "node-name": "other",
+		"file": map[string]any{"driver": "file", "filename": other}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.q.IO("qcow2", e.active(e.vm, "vda"), "write -q -P 0x71 8M 64k")
+	n, msg := e.backup()
+	if p := e.point(n); p.kind != "incremental" || p.copied["vda"] != 64<<10 {
+		t.Errorf("point %d with a held layer: %+v, want incremental copying 64 KiB of vda", n, p)
+	}
+	if !strings.Contains(msg, "1 layer below the active images keeps disabled bitmaps of earlier points (another process has it open") {
+		t.Errorf("point %d kept bitmaps below vda's active image without saying why: %q", n, msg)
+	}
+	if got := e.lowerBackupBitmaps("vda"); len(got) != 1 {
+		t.Errorf("with the layer held: bitmaps below vda %v, want the first point's, untouched", got)
+	}
+	if err := d.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.q.IO("qcow2", e.active(e.vm, "vda"), "write -q -P 0x72 9M 64k")
+	n, msg = e.backup()
+	if p := e.point(n); p.kind != "incremental" || p.copied["vda"] != 64<<10 {
+		t.Errorf("point %d: %+v, want incremental copying 64 KiB of vda", n, p)
+	}
+	if got := e.lowerBackupBitmaps("vda"); len(got) > 0 || strings.Contains(msg, "keep disabled") {
+		t.Errorf("with the layer free: bitmaps below vda %v (%q), want none", got, msg)
+	}
+	e.checkLayers("vda")
+	e.restoreAll()
+	e.ok("backup", "verify", e.dir)
+}
+
+// lowerBackupBitmaps returns the backup bitmaps (file:name) that the
+// layers below a disk's active image hold, read natively.
+func (e *bkEnv) lowerBackupBitmaps(target string) []string {
+	e.t.Helper()
+	c, err := qcow2.OpenChain(e.active(e.vm, target), qcow2.ChainOptions{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer c.Close()
+	var out []string
+	for _, l := range c.Layers[1:] {
+		f, ok := l.(*qcow2.File)
+		if !ok {
+			continue
+		}
+		bms, err := f.Bitmaps()
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		for _, b := range bms {
+			if strings.HasPrefix(b.Name, "qchain-backup-") {
+				out = append(out, filepath.Base(l.Filename())+":"+b.Name)
+			}
+		}
+	}
+	return out
+}
+
+// checkLayers runs qemu-img check on every layer of a disk's chain: no
+// corruption, no leak.
+func (e *bkEnv) checkLayers(target string) {
+	e.t.Helper()
+	c, err := qcow2.OpenChain(e.active(e.vm, target), qcow2.ChainOptions{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var files []string
+	for _, l := range c.Layers {
+		if l.Format() == "qcow2" {
+			files = append(files, l.Filename())
+		}
+	}
+	c.Close()
+	for _, f := range files {
+		if out, err := exec.Command("qemu-img", "check", f).CombinedOutput(); err != nil {
+			e.t.Errorf("qemu-img check %s: %v\n%s", f, err, out)
+		}
+	}
 }
