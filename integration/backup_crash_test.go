@@ -146,28 +146,47 @@ func (e *bkEnv) checkImages(step string, leaks bool) {
 // and says so, its point is full (the killed daemon never stored the
 // bitmaps it had loaded: they are inconsistent) with the reason, DIR
 // verifies and every point restores to the disks' content at its start.
+// A second round takes a snapshot before each crashed run, so that the
+// daemon also has the layer below open for writing (to remove the earlier
+// point's bitmap from it): the next run removes that bitmap as well,
+// whatever state the crash left it in.
 func TestBackupCrashCreateOffline(t *testing.T) {
 	e := newBKEnvSized(t, 36)
 	e.backup()
-	for i := 0; ; i++ {
-		e.q.IO("qcow2", e.active(e.vm, "vda"), fmt.Sprintf("write -q -P 0x%02x %dM 64k", 0x40+i, 2*i%34))
-		step := e.crashCreate(i)
-		if step == "" {
-			if i < 10 {
-				t.Fatalf("backup create completed before step %d: it has more", i)
+	crashEveryStep := func(snapshot bool) {
+		for i := 0; ; i++ {
+			e.q.IO("qcow2", e.active(e.vm, "vda"), fmt.Sprintf("write -q -P 0x%02x %dM 64k", 0x40+i, 2*i%34))
+			if snapshot {
+				e.ok("snapshot", "create", e.vm, fmt.Sprintf("s%d", i))
 			}
-			t.Logf("backup create has %d steps", i)
-			break
+			step := e.crashCreate(i)
+			if step == "" {
+				if i < 10 {
+					t.Fatalf("backup create completed before step %d: it has more", i)
+				}
+				t.Logf("backup create (snapshot before: %v) has %d steps", snapshot, i)
+				return
+			}
+			e.q.IO("qcow2", e.active(e.vm, "vdb"), fmt.Sprintf("write -q -P 0x%02x %dM 64k", 0x80+i, i%16))
+			left := e.leftovers()
+			point, msg := e.backup()
+			t.Logf("crash before %q: left %v; next run: %s", step, left, strings.ReplaceAll(strings.TrimSpace(msg), "\n", "; "))
+			e.checkAfterCrash(step, point, msg, left, nil, false)
+			// A killed daemon that had removed a persistent bitmap leaks
+			// the clusters it freed (harmless: qemu-img check exits 3).
+			e.checkImages(step, true)
+			if snapshot {
+				for _, target := range []string{"vda", "vdb"} {
+					if old := e.lowerBackupBitmaps(target); len(old) > 0 {
+						t.Errorf("crash before %q: after the next run the layers below %s hold %v", step, target, old)
+					}
+					e.checkLayers(target, true)
+				}
+			}
 		}
-		e.q.IO("qcow2", e.active(e.vm, "vdb"), fmt.Sprintf("write -q -P 0x%02x %dM 64k", 0x80+i, i%16))
-		left := e.leftovers()
-		point, msg := e.backup()
-		t.Logf("crash before %q: left %v; next run: %s", step, left, strings.ReplaceAll(strings.TrimSpace(msg), "\n", "; "))
-		e.checkAfterCrash(step, point, msg, left, nil, false)
-		// A killed daemon that had removed a persistent bitmap leaks
-		// the clusters it freed (harmless: qemu-img check exits 3).
-		e.checkImages(step, true)
 	}
+	crashEveryStep(false)
+	crashEveryStep(true)
 	// The bitmap of a point made after a crash is trusted again.
 	e.q.IO("qcow2", e.active(e.vm, "vda"), "write -q -P 0x3f 35M 64k")
 	point, _ := e.backup()
