@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -143,7 +144,7 @@ func Create(ctx context.Context, store *chain.Store, vmName, dir string, opts Cr
 	if last != nil {
 		number = last.Point + 1
 	}
-	p := &Point{Point: number, Kind: Incremental, Live: s.live}
+	p := &Point{Point: number, Kind: Incremental, Live: s.live, Revert: revertMark(vm.LastRevert)}
 	if opts.Now != nil {
 		p.Time = opts.Now()
 	} else {
@@ -486,12 +487,23 @@ func fullReason(dir string, x *Index, vm *chain.VM, bitmaps map[string][]layerBi
 	case len(last.Disks) != len(vm.Disks):
 		return fmt.Sprintf("the VM has %d disks, point %d had %d", len(vm.Disks), last.Point, len(last.Disks)), nil
 	}
-	if r := vm.LastRevert; r != nil && !r.Time.Before(last.Time) {
-		// The disks went back to the snapshot's state: what they lost
-		// is in no bitmap.
+	want := BitmapName(x.ID, last.Point)
+	r := vm.LastRevert
+	reverted := r != nil && !r.Time.Before(last.Time) // folders that predate Point.Revert
+	if last.Revert != "" {
+		reverted = revertMark(r) != last.Revert
+	}
+	// The disks went back to a snapshot's state, and what they lost is
+	// in no bitmap, unless the revert kept the point's bitmap: it gave
+	// the new branch one that goes on from the snapshot's instant, and
+	// the union below holds every difference. A revert in place before
+	// it (Lossy) kept nothing.
+	if reverted && !slices.Contains(r.Kept, want) {
 		return fmt.Sprintf("snapshot revert to %s since point %d", r.Snapshot, last.Point), nil
 	}
-	want := BitmapName(x.ID, last.Point)
+	if reverted && r.Lossy != nil && !r.Lossy.Before(last.Time) {
+		return fmt.Sprintf("a snapshot revert since point %d kept no bitmap", last.Point), nil
+	}
 	sources := map[string][]qmp.BlockDirtyBitmap{}
 	for _, d := range vm.Disks {
 		ld := last.Disk(d.Target)
@@ -511,6 +523,15 @@ func fullReason(dir string, x *Index, vm *chain.VM, bitmaps map[string][]layerBi
 		sources[d.Target] = src
 	}
 	return "", sources
+}
+
+// revertMark identifies the VM's latest revert (or its having none) as
+// Point.Revert records it.
+func revertMark(r *chain.Revert) string {
+	if r == nil {
+		return "none"
+	}
+	return r.Snapshot + "@" + r.Time.UTC().Format(time.RFC3339Nano)
 }
 
 // virtualSize is the guest size of an image.

@@ -38,7 +38,9 @@
 // says how many layers keep some.
 //
 // A point is full, and Create says why, after a revert since the previous
-// point (chain.VM.LastRevert: what the disks lost is in no bitmap), when
+// point that did not keep that point's bitmap (chain.VM.LastRevert: what
+// the disks lost is in no bitmap; a revert to a snapshot taken after the
+// point keeps it, and the union then holds every difference), when
 // a disk's active image lacks the expected bitmap (an interrupted snapshot
 // operation, qemu killed before it stored the bitmap, an interrupted run)
 // or has it disabled, inconsistent or busy, when a layer between the

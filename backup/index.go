@@ -71,6 +71,11 @@ type Point struct {
 	// Reason says why a point is full.
 	Reason string      `json:"reason,omitempty"`
 	Disks  []PointDisk `json:"disks"`
+	// Revert is the VM's latest snapshot revert when the point began
+	// (revertMark): the next point tells by it whether the VM was
+	// reverted since, without comparing times of one second's
+	// resolution. Empty in folders written before it was recorded.
+	Revert string `json:"revert,omitempty"`
 }
 
 // PointDisk is one disk's file of a point.
@@ -215,6 +220,9 @@ func (x *Index) validate() error {
 		if p.Kind != Full && p.Kind != Incremental {
 			return fmt.Errorf("point %d: kind %q", p.Point, p.Kind)
 		}
+		if len(p.Revert) > maxRevertMark {
+			return fmt.Errorf("point %d: revert mark of %d bytes", p.Point, len(p.Revert))
+		}
 		if i == 0 && p.Kind != Full {
 			return fmt.Errorf("point %d: the oldest point must be full", p.Point)
 		}
@@ -254,6 +262,9 @@ func (x *Index) validate() error {
 	}
 	return nil
 }
+
+// maxRevertMark bounds Point.Revert: a snapshot name and a time.
+const maxRevertMark = 256
 
 // checkName accepts names safe as file name parts (as chain does).
 func checkName(what, s string) error {

@@ -3,6 +3,7 @@ package chain
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/qchain/qchain/qcow2"
@@ -29,9 +30,21 @@ import (
 //     other jobs merge into the active image, the one writable layer of a
 //     running chain (its bitmap then also marks older writes: a bigger
 //     incremental, never a wrong one).
-//   - revert: the new overlay gets no bitmap, and VM.LastRevert records
-//     the revert: the discarded branch's writes are in no bitmap that
-//     stays, so an incremental must not be made across it.
+//   - revert: the new overlay gets a recording bitmap, empty, of each
+//     name that recorded the snapshot's file until the snapshot's
+//     instant: what the run that made the snapshot saw move
+//     (SnapshotDisk.Bitmaps, recorded by the journal's run from the
+//     executor's carriedBitmaps, so a step run again after an
+//     interruption records nothing rather than a guess) and the file
+//     still holds, consistent. The union of such a name from the new
+//     overlay down is then what the disk's content differs by since the
+//     bitmap began: the discarded branch never was in it. VM.LastRevert
+//     records the revert and the names kept; for every other bitmap the
+//     discarded branch's writes are in no bitmap that stays, so an
+//     incremental must not be made across it. A live delete that merges
+//     layers into the active image (not into the layer that takes their
+//     data) clears the remaining snapshots' records: their own chains no
+//     longer hold all their writes.
 //
 // A user of the bitmaps (package backup) takes the union of a name over
 // the layers that hold it contiguously from the active image down.
@@ -141,6 +154,88 @@ func (o *Offline) carryBitmaps(s Step) error {
 	if actions := carryActions("l1", bms["l1"], "l0", bms["l0"]); len(actions) > 0 {
 		if err := d.Conn.Transaction(ctx, actions, nil); err != nil {
 			return fmt.Errorf("moving the dirty bitmaps of %s to %s: %w", s.Base, s.File, err)
+		}
+	}
+	if err := d.Close(ctx); err != nil {
+		return err
+	}
+	o.carried = noteCarried(o.carried, s.Target, carried(bms["l1"]))
+	return nil
+}
+
+// noteCarried adds to m (by target) the names of bitmaps moved to a new
+// overlay of the target's disk.
+func noteCarried(m map[string][]string, target string, bms []qmp.DirtyBitmapInfo) map[string][]string {
+	if len(bms) == 0 {
+		return m
+	}
+	if m == nil {
+		m = map[string][]string{}
+	}
+	for _, b := range bms {
+		if !slices.Contains(m[target], b.Name) {
+			m[target] = append(m[target], b.Name)
+		}
+	}
+	return m
+}
+
+// carriedBitmaps returns, by disk target, the bitmaps that the steps this
+// executor ran moved to new overlays (offline and live). The journal's
+// run records them in the snapshot the operation made (SnapshotDisk.
+// Bitmaps) as facts seen happen: a step that an interruption made run
+// again in another process may find them moved already and record
+// nothing, and a revert then keeps none of them, which costs a full
+// backup and never trusts a bitmap that missed a write.
+func (o *Offline) carriedBitmaps() map[string][]string {
+	m := o.carried
+	if o.Live != nil {
+		for t, names := range o.Live.carried {
+			for _, n := range names {
+				m = noteCarried(m, t, []qmp.DirtyBitmapInfo{{Name: n}})
+			}
+		}
+	}
+	return m
+}
+
+// recordCarried writes the carried bitmaps into the snapshot's disks.
+func recordCarried(s *Snapshot, m map[string][]string) {
+	if s == nil || s.Internal {
+		return
+	}
+	for i := range s.Disks {
+		if names := m[s.Disks[i].Target]; len(names) > 0 {
+			s.Disks[i].Bitmaps = slices.Clone(names)
+		}
+	}
+}
+
+// resumeBitmaps runs StepResumeBitmaps: the revert's new overlay File
+// gets a recording persistent bitmap (empty, Base's granularity) for each
+// of Bitmaps that Base holds, consistent, and File lacks.
+func (o *Offline) resumeBitmaps(s Step) error {
+	d, _, err := o.daemon(s.File, 0)
+	if err != nil {
+		return err
+	}
+	defer d.Close(context.Background())
+	ctx := o.ctx()
+	bms, err := d.Conn.NodeBitmaps(ctx)
+	if err != nil {
+		return err
+	}
+	var actions []qmp.TransactionAction
+	for _, b := range bms["l1"] {
+		if !slices.Contains(s.Bitmaps, b.Name) || !b.Persistent || b.Inconsistent || hasBitmap(bms["l0"], b.Name) {
+			continue
+		}
+		actions = append(actions, qmp.TransactionAction{Type: qmp.CmdBitmapAdd, Data: qmp.BlockDirtyBitmapAdd{
+			Node: "l0", Name: b.Name, Granularity: b.Granularity, Persistent: qmp.Bool(true)}})
+	}
+	if len(actions) > 0 {
+		if err := d.Conn.Transaction(ctx, actions, nil); err != nil {
+			return fmt.Errorf("giving %s the dirty bitmaps of %s: %w", s.File, s.Base, err)
 		}
 	}
 	return d.Close(ctx)

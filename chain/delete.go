@@ -128,6 +128,17 @@ func (m *Manager) planDelete(vm *VM, name string, opts DeleteOptions, live *Live
 		}
 	}
 	removeSnapshots(final, name, opts.Children)
+	if live != nil && mergesIntoActive(vm, p.Steps) {
+		// The removed layers' bitmaps go into the active image, not into
+		// the layer that takes their data: the snapshots above that
+		// layer no longer have their writes in their own chain's bitmaps,
+		// so a revert to them must not keep any.
+		for _, x := range final.Snapshots {
+			for i := range x.Disks {
+				x.Disks[i].Bitmaps = nil
+			}
+		}
+	}
 	keepAll := ""
 	if opts.MetadataOnly {
 		keepAll = "the snapshot was forgotten with --metadata, which touches no file: the file is no longer the VM's"
@@ -495,4 +506,22 @@ func planMemoryFiles(vm, final *VM, p *Plan, keepAll string) {
 			}
 		}
 	}
+}
+
+// mergesIntoActive reports whether a live delete's steps merge layers
+// other than through an active commit: a pull, or a commit whose top is
+// not the disk's active image. Live, such a merge moves the removed
+// layers' bitmaps into the active image (see bitmaps.go).
+func mergesIntoActive(vm *VM, steps []Step) bool {
+	for _, st := range steps {
+		switch st.Kind {
+		case StepPull:
+			return true
+		case StepCommit:
+			if d := vm.Disk(st.Target); d == nil || !same(st.Top, d.Active) {
+				return true
+			}
+		}
+	}
+	return false
 }

@@ -108,9 +108,14 @@
 // other jobs into the active image; offline: into the surviving layer, on
 // the storage daemon, also for a merge that copies nothing). The union of
 // a name over the layers holding it from the active image down thus
-// records every write since the bitmap was added. A revert records itself
-// in VM.LastRevert: the disks then lost writes that no bitmap shows, and a
-// bitmap user must not trust them across it. Where a step is interrupted,
+// records every write since the bitmap was added. A snapshot records the
+// bitmaps it saw move (SnapshotDisk.Bitmaps); a revert to it gives each
+// new overlay recording bitmaps of those names (StepResumeBitmaps), so
+// their unions hold every write of the new branch since they began, and
+// records itself in VM.LastRevert with the names it kept: for any other
+// bitmap the disks lost writes that it does not show, and a bitmap user
+// must not trust it across the revert (Revert.LostSince). Where a step is
+// interrupted,
 // a bitmap is missing from the active image or left in use (inconsistent),
 // never silently wrong.
 //

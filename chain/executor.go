@@ -29,6 +29,10 @@ type Offline struct {
 	// Live, when set, runs the steps that touch the running VM's chain
 	// through its QMP monitor instead (see Live).
 	Live *Live
+
+	// carried holds, by disk target, the bitmaps this executor's steps
+	// moved to new overlays (see carriedBitmaps).
+	carried map[string][]string
 }
 
 func (o *Offline) ctx() context.Context {
@@ -50,6 +54,8 @@ func (o *Offline) Run(s Step) error {
 		return createOverlay(s.File, s.Backing, s.BackingFmt)
 	case StepCarryBitmaps:
 		return o.carryBitmaps(s)
+	case StepResumeBitmaps:
+		return o.resumeBitmaps(s)
 	case StepRebase:
 		return qcow2.Rebase(s.File, s.Backing, s.BackingFmt)
 	case StepRemove:

@@ -22,6 +22,11 @@ const (
 	// persistent bitmaps that record Base's writes, and disables them on
 	// Base (offline; live, StepLiveSnapshot does it in its transaction).
 	StepCarryBitmaps = "carry-bitmaps"
+	// StepResumeBitmaps gives File, a revert's new overlay of Base, an
+	// empty recording persistent bitmap for each of Bitmaps that Base
+	// holds (consistent): those recorded Base's writes until the
+	// snapshot's instant, and go on recording on the new branch.
+	StepResumeBitmaps = "resume-bitmaps"
 	// StepPull copies into File every byte it reads through its backing
 	// chain down to (not including) Base; "" pulls everything. File's
 	// backing file becomes Base. Offline, a pull with nothing to copy is
@@ -94,6 +99,8 @@ type Step struct {
 	NVRAMCopy string `json:"nvram_copy,omitempty"`
 	// Tag is an internal snapshot's name in the images.
 	Tag string `json:"tag,omitempty"`
+	// Bitmaps are the bitmap names of StepResumeBitmaps.
+	Bitmaps []string `json:"bitmaps,omitempty"`
 	// Bytes is what the step copies, as measured when planned.
 	Bytes uint64 `json:"bytes,omitempty"`
 	Why   string `json:"why,omitempty"`
@@ -109,6 +116,8 @@ func (s Step) String() string {
 		return fmt.Sprintf("switch the running VM's disks %v to new overlays in one transaction", s.Targets)
 	case StepCarryBitmaps:
 		return fmt.Sprintf("move the dirty bitmaps recording into %s to %s", s.Base, s.File)
+	case StepResumeBitmaps:
+		return fmt.Sprintf("give %s recording bitmaps %s, which recorded %s until the snapshot", s.File, strings.Join(s.Bitmaps, ", "), s.Base)
 	case StepPull:
 		base := s.Base
 		if base == "" {
@@ -280,6 +289,9 @@ func (l *Locked) run(j *Journal, ex Executor, before func(op string, index int, 
 		if err := l.writeJournal(j); err != nil {
 			return err
 		}
+	}
+	if c, ok := ex.(interface{ carriedBitmaps() map[string][]string }); ok {
+		recordCarried(j.Final.Snapshot(j.Snapshot), c.carriedBitmaps())
 	}
 	l.VM = j.Final
 	if err := l.Save(); err != nil {

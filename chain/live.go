@@ -28,6 +28,9 @@ type Live struct {
 	topsCached bool
 	// streaming: mapped-ram is known off (streamCaps ran on Conn).
 	streaming bool
+	// carried holds, by disk target, the bitmaps snapshot moved to new
+	// overlays.
+	carried map[string][]string
 }
 
 // DialVM connects to a VM's QMP socket; an error means it is not running
@@ -362,6 +365,7 @@ func (l *Live) snapshot(ctx context.Context, s Step) error {
 	}
 	var actions, bitmapActions []qmp.TransactionAction
 	var added []string
+	switched := map[string]string{} // target -> its old active node
 	undo := func() {
 		cctx, cancel := cleanupContext(ctx)
 		defer cancel()
@@ -400,6 +404,7 @@ func (l *Live) snapshot(ctx context.Context, s Step) error {
 			added = append(added, node)
 		}
 		actions = append(actions, qmp.TransactionAction{Type: "blockdev-snapshot", Data: map[string]any{"node": d.Chain[0].NodeName, "overlay": node}})
+		switched[target] = d.Chain[0].NodeName
 		bitmapActions = append(bitmapActions, carryActions(d.Chain[0].NodeName, bitmaps[d.Chain[0].NodeName], node, bitmaps[node])...)
 	}
 	if len(actions) == 0 {
@@ -408,6 +413,9 @@ func (l *Live) snapshot(ctx context.Context, s Step) error {
 	if err := l.Conn.Transaction(ctx, append(bitmapActions, actions...), nil); err != nil {
 		undo()
 		return err
+	}
+	for target, node := range switched {
+		l.carried = noteCarried(l.carried, target, carried(bitmaps[node]))
 	}
 	return nil
 }

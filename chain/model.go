@@ -37,7 +37,8 @@ type VM struct {
 	// LastRevert is the VM's latest revert, if any: what its disks hold
 	// since then differs from what they held before by writes no dirty
 	// bitmap recorded (see bitmaps.go), so a user of the bitmaps (an
-	// incremental backup from before it) must not trust them.
+	// incremental backup from before it) must not trust them, except
+	// those the revert kept (Revert.Kept).
 	LastRevert *Revert `json:"last_revert,omitempty"`
 }
 
@@ -45,6 +46,17 @@ type VM struct {
 type Revert struct {
 	Snapshot string    `json:"snapshot"`
 	Time     time.Time `json:"time"`
+	// Kept names the bitmaps the revert gave every new overlay, recording
+	// (see bitmaps.go): bitmaps that recorded the snapshot's files until
+	// the snapshot's instant, so that the union of each over the chain
+	// still holds every write since it began. The revert lost no write
+	// that such a bitmap should show; for every other bitmap it did.
+	Kept []string `json:"kept_bitmaps,omitempty"`
+	// Lossy is the time of the latest revert before this one that kept
+	// no bitmap (a revert in place of internal snapshots, or one made
+	// before reverts kept bitmaps), when this one kept some: a bitmap
+	// older than that may miss what that revert changed.
+	Lossy *time.Time `json:"lossy,omitempty"`
 }
 
 // Disk is one disk of a VM.
@@ -105,6 +117,11 @@ const (
 type SnapshotDisk struct {
 	Target string `json:"target"`
 	File   string `json:"file"`
+	// Bitmaps names the persistent bitmaps that recorded the writes into
+	// File until the snapshot's instant, when they moved to the new
+	// overlay (see bitmaps.go): a revert to the snapshot gives its new
+	// overlay recording bitmaps of these names.
+	Bitmaps []string `json:"bitmaps,omitempty"`
 }
 
 // Snapshot returns the named snapshot or nil.

@@ -3,6 +3,7 @@ package chain
 import (
 	"fmt"
 	"path/filepath"
+	"slices"
 
 	"github.com/qchain/qchain/qcow2"
 )
@@ -91,11 +92,25 @@ func (m *Manager) planRevert(vm *VM, s *Snapshot, force bool) (*Plan, error) {
 	}
 	final := clone(vm)
 	p := &Plan{VM: vm.Name, Op: "revert", Snapshot: name, Before: map[string]string{}, After: map[string]string{}}
+	var kept []string
 	for i, d := range vm.Disks {
 		file := s.File(d.Target)
 		ov := overlayName(filepath.Dir(file), vm.Name, d.Target, name)
 		p.Steps = append(p.Steps, Step{Kind: StepCreateOverlay, Target: d.Target, File: ov, Backing: relName(ov, file), BackingFmt: formatOf(file),
 			Why: "new active image of " + d.Target + " at snapshot " + name})
+		names, err := resumable(s, d.Target)
+		if err != nil {
+			return nil, err
+		}
+		if len(names) > 0 {
+			p.Steps = append(p.Steps, Step{Kind: StepResumeBitmaps, Target: d.Target, File: ov, Base: file, Bitmaps: names,
+				Why: "the dirty bitmaps that recorded " + filepath.Base(file) + " until snapshot " + name + " go on recording on the new branch"})
+		}
+		if i == 0 {
+			kept = slices.Clone(names)
+		} else {
+			kept = slices.DeleteFunc(kept, func(n string) bool { return !slices.Contains(names, n) })
+		}
 		final.Disks[i].Active = ov
 		final.Owned = append(final.Owned, ov)
 		p.hint(d.Active, "the old current state, which no snapshot keeps")
@@ -103,6 +118,15 @@ func (m *Manager) planRevert(vm *VM, s *Snapshot, force bool) (*Plan, error) {
 	}
 	final.Current = name
 	final.LastRevert = &Revert{Snapshot: name, Time: m.now()}
+	if len(kept) > 0 {
+		final.LastRevert.Kept = kept
+		if r := vm.LastRevert; r != nil && len(r.Kept) == 0 {
+			t := r.Time
+			final.LastRevert.Lossy = &t
+		} else if r != nil {
+			final.LastRevert.Lossy = r.Lossy
+		}
+	}
 	if err := m.planUnused(vm, final, p, nil, ""); err != nil {
 		return nil, err
 	}
@@ -122,4 +146,35 @@ func (m *Manager) planRevert(vm *VM, s *Snapshot, force bool) (*Plan, error) {
 		p.After[d.Target] = Tree(append([]string{ov}, after...), ov)
 	}
 	return p, nil
+}
+
+// resumable returns the bitmaps a revert to s gives target's new overlay:
+// those that recorded the snapshot's file until its instant
+// (SnapshotDisk.Bitmaps) and that the file still holds, consistent.
+func resumable(s *Snapshot, target string) ([]string, error) {
+	var want []string
+	for _, d := range s.Disks {
+		if d.Target == target {
+			want = d.Bitmaps
+		}
+	}
+	if len(want) == 0 || s.Internal {
+		return nil, nil
+	}
+	f, err := qcow2.Open(s.File(target))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	bms, err := f.Bitmaps()
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, b := range bms {
+		if slices.Contains(want, b.Name) && b.Flags&qcow2.BitmapInUse == 0 {
+			out = append(out, b.Name)
+		}
+	}
+	return out, nil
 }

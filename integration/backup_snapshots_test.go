@@ -154,11 +154,27 @@ func testBackupSnapshots(t *testing.T, live bool) {
 	e.restoreAll()
 	e.ok("backup", "verify", e.dir)
 
-	// Revert (offline): the discarded branch's writes are in no bitmap
-	// that stays: full, and why.
+	// A revert to a snapshot taken since the last point (live, the
+	// switch's transaction recorded the bitmap it moved) keeps the
+	// point's bitmap: the next point is incremental and copies the writes
+	// made before the snapshot and after the revert, none of the
+	// discarded branch's (the restores below check the content).
+	write("vda", "write -P 0x65 4M 64k")
+	e.ok("snapshot", "create", e.vm, "k1")
+	write("vda", "write -P 0x66 6M 64k")
+	write("vdb", "write -P 0x67 2M 64k")
 	if live {
 		q.quit(t)
 	}
+	e.ok("snapshot", "revert", "--force", e.vm, "k1")
+	e.q.IO("qcow2", e.active(e.vm, "vda"), "write -q -P 0x68 10M 64k")
+	if n, msg := e.backup(); e.point(n).kind != "incremental" || e.point(n).copied["vda"] != 128<<10 || e.point(n).copied["vdb"] != 0 {
+		t.Errorf("point %d after a revert to a snapshot taken since the last point: %+v, want incremental copying 128 KiB of vda (%s)", n, e.point(n), msg)
+	}
+
+	// Revert (offline) to a snapshot older than the last point: the
+	// discarded branch's writes are in no bitmap that stays: full, and
+	// why.
 	e.ok("snapshot", "create", e.vm, "s10")
 	e.q.IO("qcow2", e.active(e.vm, "vda"), "write -q -P 0x63 56M 64k")
 	if live && len(e.lowerBackupBitmaps("vda")) == 0 {
