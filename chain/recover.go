@@ -1,9 +1,15 @@
 package chain
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/qchain/qchain/qmp"
 )
 
 // Recover finishes an interrupted operation of the VM from its journal
@@ -54,6 +60,7 @@ func (m *Manager) Recover(vmName string) (*Journal, error) {
 			}
 		}
 	}
+	waitDaemons(m.ctx(), journalFiles(l.VM, j))
 	vx := &vmExecutor{ex: ex, m: m, final: j.Final}
 	err = l.run(j, vx, m.BeforeStep)
 	var se *StepError
@@ -89,4 +96,48 @@ func recordMemorySize(l *Locked, name string) error {
 	}
 	s.Memory.Size = fi.Size()
 	return l.Save()
+}
+
+// daemonExitWait bounds how long Recover waits for the storage daemons
+// of the qchain that died to quit.
+const daemonExitWait = 30 * time.Second
+
+// waitDaemons waits until no storage daemon that qchain started has one
+// of files open, or daemonExitWait passes (the steps then say which image
+// is in use). A dead qchain's daemons quit on their own, a SIGTERM one
+// once it has finished its command (internal snapshots), and until then
+// hold the images' locks: while the VM's lock is held, no live qchain
+// runs one on the VM's files.
+func waitDaemons(ctx context.Context, files []string) {
+	deadline := time.Now().Add(daemonExitWait)
+	for len(qmp.DaemonsOn(files)) > 0 && time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// journalFiles lists the files an interrupted operation's steps and the
+// VM's disks name, absolute.
+func journalFiles(vm *VM, j *Journal) []string {
+	var files []string
+	add := func(f string) {
+		if f == "" {
+			return
+		}
+		if abs, err := filepath.Abs(f); err == nil && !slices.Contains(files, abs) {
+			files = append(files, abs)
+		}
+	}
+	for _, d := range vm.Disks {
+		add(d.Active)
+	}
+	for _, s := range j.Steps {
+		for _, f := range append([]string{s.File, s.Top, s.Base}, s.Files...) {
+			add(f)
+		}
+	}
+	return files
 }

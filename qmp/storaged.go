@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -142,8 +143,8 @@ func StartStorageDaemon(ctx context.Context, opts StorageDaemonOptions) (_ *Stor
 	}()
 
 	args := []string{
-		"--chardev", "socket,path=" + escapeOpt(sock) + ",server=on,wait=off,id=qchain-mon",
-		"--monitor", "chardev=qchain-mon",
+		"--chardev", "socket,path=" + escapeOpt(sock) + ",server=on,wait=off,id=" + daemonMonitorID,
+		"--monitor", "chardev=" + daemonMonitorID,
 	}
 	for _, b := range opts.Blockdevs {
 		s, ok := b.(string)
@@ -326,4 +327,71 @@ func (t *tailBuffer) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return string(bytes.TrimSpace(t.buf))
+}
+
+// daemonMonitorID is the chardev id of the monitor of every storage
+// daemon StartStorageDaemon starts: DaemonsOn tells them by it.
+const daemonMonitorID = "qchain-mon"
+
+// DaemonsOn returns the pids of live storage daemons that
+// StartStorageDaemon started, in this process or any other, whose
+// --blockdev options open one of files (absolute paths). A qchain that
+// dies leaves such a daemon to quit on its own (DieWithParent): the
+// daemon may still hold its images' locks for a moment, and may even
+// open them only after its parent died (it reads its options in order,
+// the monitor's first).
+func DaemonsOn(files []string) []int {
+	if len(files) == 0 {
+		return nil
+	}
+	var needles [][]byte
+	for _, f := range files {
+		js, err := json.Marshal(f)
+		if err != nil {
+			continue
+		}
+		needles = append(needles, append([]byte(`"filename":`), js...))
+	}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	mon := []byte("id=" + daemonMonitorID)
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid <= 0 || pid == os.Getpid() {
+			continue
+		}
+		cmdline, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil || !bytes.Contains(cmdline, mon) {
+			continue
+		}
+		args := bytes.Split(cmdline, []byte{0})
+		ours, opens := false, false
+		for i := 1; i < len(args); i++ {
+			switch string(args[i-1]) {
+			case "--chardev":
+				ours = ours || bytes.HasSuffix(args[i], mon)
+			case "--blockdev":
+				for _, n := range needles {
+					opens = opens || bytes.Contains(args[i], n)
+				}
+			}
+		}
+		if ours && opens && processLive(pid) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// processLive reports whether pid is a live process (not a zombie).
+func processLive(pid int) bool {
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(stat, ')')
+	return i >= 0 && i+2 < len(stat) && stat[i+2] != 'Z'
 }

@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -79,5 +82,35 @@ func TestDaemonEnv(t *testing.T) {
 	own := []string{"GLIBC_TUNABLES=glibc.malloc.arena_max=1", "PATH=/bin"}
 	if got := DaemonEnv(own); len(got) != 2 || got[0] != own[0] {
 		t.Fatalf("DaemonEnv overrode the user's GLIBC_TUNABLES: %q", got)
+	}
+}
+
+// TestDaemonsOn finds a storage daemon by an image it opens (the image's
+// name with a quote and a comma in it), not by another, and no more once
+// it has quit.
+func TestDaemonsOn(t *testing.T) {
+	needBins(t, "qemu-storage-daemon", "qemu-img")
+	dir := t.TempDir()
+	img := filepath.Join(dir, `a "b",c.qcow2`)
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", img, "1M").CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img create: %v\n%s", err, out)
+	}
+	d, err := StartStorageDaemon(testCtx(t, 10*time.Second), StorageDaemonOptions{Blockdevs: []any{map[string]any{
+		"driver": "qcow2", "node-name": "n", "read-only": true,
+		"file": map[string]any{"driver": "file", "filename": img}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := DaemonsOn([]string{filepath.Join(dir, "other.qcow2"), img}); !slices.Equal(got, []int{d.cmd.Process.Pid}) {
+		t.Errorf("DaemonsOn(the image): %v, want [%d]", got, d.cmd.Process.Pid)
+	}
+	if got := DaemonsOn([]string{filepath.Join(dir, "other.qcow2")}); len(got) != 0 {
+		t.Errorf("DaemonsOn(another image): %v, want none", got)
+	}
+	if err := d.Close(testCtx(t, 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if got := DaemonsOn([]string{img}); len(got) != 0 {
+		t.Errorf("DaemonsOn after Close: %v, want none", got)
 	}
 }
