@@ -493,6 +493,9 @@ func fullReason(dir string, x *Index, vm *chain.VM, bitmaps map[string][]layerBi
 	if last.Revert != "" {
 		reverted = revertMark(r) != last.Revert
 	}
+	if reverted && r == nil {
+		return fmt.Sprintf("the VM's record of its reverts changed since point %d", last.Point), nil
+	}
 	// The disks went back to a snapshot's state, and what they lost is
 	// in no bitmap, unless the revert kept the point's bitmap: it gave
 	// the new branch one that goes on from the snapshot's instant, and

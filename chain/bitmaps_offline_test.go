@@ -75,6 +75,10 @@ func TestCarryBitmapsOffline(t *testing.T) {
 		t.Fatal(err)
 	}
 	ov := vm.Disks[0].Active
+	// The recovering run moved rec: s1 records it (a revert keeps it).
+	if got := vm.Snapshot("s1").Disks[0].Bitmaps; !slices.Equal(got, []string{"rec"}) {
+		t.Errorf("s1 records the bitmaps %v after recover, want [rec]", got)
+	}
 	if got := imageBitmapFlags(t, ov); len(got) != 1 || got["rec"] != qcow2.BitmapAuto {
 		t.Errorf("overlay's bitmaps after recover: %v, want rec enabled", got)
 	}

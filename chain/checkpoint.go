@@ -356,6 +356,14 @@ type vmExecutor struct {
 	stopped bool
 }
 
+// carriedBitmaps is the inner executor's (see Offline.carriedBitmaps).
+func (x *vmExecutor) carriedBitmaps() map[string][]string {
+	if c, ok := x.ex.(interface{ carriedBitmaps() map[string][]string }); ok {
+		return c.carriedBitmaps()
+	}
+	return nil
+}
+
 // Run implements Executor.
 func (x *vmExecutor) Run(s Step) error {
 	// QEMU's QMP socket takes one client at a time: a connection the
