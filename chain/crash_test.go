@@ -10,6 +10,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/qchain/qchain/qcow2"
 )
 
 // crashSentinel is what the step hook panics with to stop an operation
@@ -31,6 +33,9 @@ type crashCase struct {
 	// native: a pull or commit of the plan has nothing to copy and must
 	// run without a storage daemon (the case gets none).
 	native bool
+	// after, when set, checks what the model does not cover, after the
+	// operation finished or was recovered.
+	after func(r *rig, a *vmModel)
 }
 
 // fixedWrite writes a pattern at a few clusters of each disk.
@@ -168,6 +173,33 @@ func crashCases() []crashCase {
 			op:    func(r *rig, a *vmModel) error { _, err := r.m.Revert(a.name, "s1", true); return err },
 			done:  func(r *rig, a *vmModel) { r.revertModel(a, "s1") },
 			kinds: []string{StepCreateOverlay, StepRemove},
+		},
+		{
+			// A bitmap recorded the disks since before s1: the revert's
+			// new overlays get it back, recording.
+			name: "revert-bitmaps",
+			setup: func(r *rig, a *vmModel) {
+				for _, tg := range a.targets {
+					mustTool(r.t, "qemu-img", "bitmap", "--add", r.active(a, tg), "bk")
+				}
+				r.mustCreate(a, "s1")
+				r.fixedWrite(a, 0x11)
+				r.mustCreate(a, "s2")
+				r.fixedWrite(a, 0x22)
+			},
+			op:   func(r *rig, a *vmModel) error { _, err := r.m.Revert(a.name, "s1", true); return err },
+			done: func(r *rig, a *vmModel) { r.revertModel(a, "s1") },
+			after: func(r *rig, a *vmModel) {
+				for _, tg := range a.targets {
+					if got := imageBitmapFlags(r.t, r.active(a, tg)); len(got) != 1 || got["bk"] != qcow2.BitmapAuto {
+						r.fatalf("disk %s's new active image has the bitmaps %v, want bk recording", tg, got)
+					}
+				}
+				if lr := r.load(a).LastRevert; lr == nil || !slices.Equal(lr.Kept, []string{"bk"}) {
+					r.fatalf("LastRevert %+v, want bk kept", lr)
+				}
+			},
+			kinds: []string{StepCreateOverlay, StepResumeBitmaps, StepRemove},
 		},
 		deleteCase("delete-middle-commit", "s2", chainABC, DeleteOptions{Merge: MergeCommit}, StepCommit, StepRebase, StepRemove),
 		deleteCase("delete-newest-commit", "s3", chainABC, DeleteOptions{Merge: MergeCommit}, StepCommit, StepRemove),
@@ -400,6 +432,9 @@ func TestCrashEveryStep(t *testing.T) {
 			StepHook = nil
 			c.done(r, a)
 			r.check()
+			if c.after != nil {
+				c.after(r, a)
+			}
 			for _, k := range c.kinds {
 				found := false
 				for _, s := range steps {
@@ -498,6 +533,9 @@ func TestCrashEveryStep(t *testing.T) {
 						}
 						c.done(r, a)
 						r.check()
+						if c.after != nil {
+							c.after(r, a)
+						}
 						if j, err := r.m.Recover(a.name); err != nil || j != nil {
 							r.fatalf("second recover: %v, %v", j, err)
 						}
