@@ -141,23 +141,11 @@ func (o *Offline) carryBitmaps(s Step) error {
 	if err != nil || !ok {
 		return err
 	}
-	d, _, err := o.daemon(s.File, 1)
+	bms, err := o.bitmapTransaction(s.File, 1, func(bms map[string][]qmp.DirtyBitmapInfo) []qmp.TransactionAction {
+		return carryActions("l1", bms["l1"], "l0", bms["l0"])
+	})
 	if err != nil {
-		return err
-	}
-	defer d.Close(context.Background())
-	ctx := o.ctx()
-	bms, err := d.Conn.NodeBitmaps(ctx)
-	if err != nil {
-		return err
-	}
-	if actions := carryActions("l1", bms["l1"], "l0", bms["l0"]); len(actions) > 0 {
-		if err := d.Conn.Transaction(ctx, actions, nil); err != nil {
-			return fmt.Errorf("moving the dirty bitmaps of %s to %s: %w", s.Base, s.File, err)
-		}
-	}
-	if err := d.Close(ctx); err != nil {
-		return err
+		return fmt.Errorf("moving the dirty bitmaps of %s to %s: %w", s.Base, s.File, err)
 	}
 	o.carried = noteCarried(o.carried, s.Target, carried(bms["l1"]))
 	return nil
@@ -215,30 +203,45 @@ func recordCarried(s *Snapshot, m map[string][]string) {
 // gets a recording persistent bitmap (empty, Base's granularity) for each
 // of Bitmaps that Base holds, consistent, and File lacks.
 func (o *Offline) resumeBitmaps(s Step) error {
-	d, _, err := o.daemon(s.File, 0)
+	_, err := o.bitmapTransaction(s.File, 0, func(bms map[string][]qmp.DirtyBitmapInfo) []qmp.TransactionAction {
+		var actions []qmp.TransactionAction
+		for _, b := range bms["l1"] {
+			if !slices.Contains(s.Bitmaps, b.Name) || !b.Persistent || b.Inconsistent || hasBitmap(bms["l0"], b.Name) {
+				continue
+			}
+			actions = append(actions, qmp.TransactionAction{Type: qmp.CmdBitmapAdd, Data: qmp.BlockDirtyBitmapAdd{
+				Node: "l0", Name: b.Name, Granularity: b.Granularity, Persistent: qmp.Bool(true)}})
+		}
+		return actions
+	})
 	if err != nil {
-		return err
+		return fmt.Errorf("giving %s the dirty bitmaps of %s: %w", s.File, s.Base, err)
+	}
+	return nil
+}
+
+// bitmapTransaction starts a storage daemon on file's chain (layers down
+// to writable opened writable), runs the transaction that actions makes
+// of the nodes' bitmaps (l0 the top; none when it makes no action), and
+// closes the daemon, which stores the bitmaps. It returns the bitmaps
+// read before the transaction.
+func (o *Offline) bitmapTransaction(file string, writable int, actions func(map[string][]qmp.DirtyBitmapInfo) []qmp.TransactionAction) (map[string][]qmp.DirtyBitmapInfo, error) {
+	d, _, err := o.daemon(file, writable)
+	if err != nil {
+		return nil, err
 	}
 	defer d.Close(context.Background())
 	ctx := o.ctx()
 	bms, err := d.Conn.NodeBitmaps(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	var actions []qmp.TransactionAction
-	for _, b := range bms["l1"] {
-		if !slices.Contains(s.Bitmaps, b.Name) || !b.Persistent || b.Inconsistent || hasBitmap(bms["l0"], b.Name) {
-			continue
-		}
-		actions = append(actions, qmp.TransactionAction{Type: qmp.CmdBitmapAdd, Data: qmp.BlockDirtyBitmapAdd{
-			Node: "l0", Name: b.Name, Granularity: b.Granularity, Persistent: qmp.Bool(true)}})
-	}
-	if len(actions) > 0 {
-		if err := d.Conn.Transaction(ctx, actions, nil); err != nil {
-			return fmt.Errorf("giving %s the dirty bitmaps of %s: %w", s.File, s.Base, err)
+	if a := actions(bms); len(a) > 0 {
+		if err := d.Conn.Transaction(ctx, a, nil); err != nil {
+			return nil, err
 		}
 	}
-	return d.Close(ctx)
+	return bms, d.Close(ctx)
 }
 
 // mergeActions are the transaction actions that keep, in node into, the

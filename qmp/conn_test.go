@@ -487,16 +487,7 @@ func TestEventBeforeGreeting(t *testing.T) {
 			}
 			go func() {
 				defer nc.Close()
-				if !f.greet() {
-					return
-				}
-				for {
-					c, ok := f.recv()
-					if !ok {
-						return
-					}
-					f.reply(c, map[string]any{})
-				}
+				f.answerAll()
 			}()
 		}
 	}()
@@ -553,16 +544,7 @@ func TestHandshakeHang(t *testing.T) {
 						<-silent
 						return
 					}
-					if !f.greet() {
-						return
-					}
-					for {
-						c, ok := f.recv()
-						if !ok {
-							return
-						}
-						f.reply(c, map[string]any{})
-					}
+					f.answerAll()
 				}()
 			}
 		}()

@@ -71,6 +71,21 @@ func (f *fakeConn) greet() bool {
 	return true
 }
 
+// answerAll greets, then answers every command with an empty return
+// until the client goes.
+func (f *fakeConn) answerAll() {
+	if !f.greet() {
+		return
+	}
+	for {
+		c, ok := f.recv()
+		if !ok {
+			return
+		}
+		f.reply(c, map[string]any{})
+	}
+}
+
 // startFake listens on a unix socket and runs serve for the first client
 // on its own goroutine. It returns the socket path.
 func startFake(t testing.TB, serve func(f *fakeConn)) string {
