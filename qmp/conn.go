@@ -163,6 +163,16 @@ func Dial(ctx context.Context, path string, opts Options) (*Conn, error) {
 	for attempt := 1; ; attempt++ {
 		var d net.Dialer
 		nc, err := d.DialContext(ctx, "unix", path)
+		if errors.Is(err, syscall.EAGAIN) && attempt < maxNotReadyDials {
+			// QEMU listens with a backlog of one, and a connection it
+			// has not accepted yet (one given up above, or another
+			// client's) fills it until its main loop runs.
+			select {
+			case <-ctx.Done():
+			case <-time.After(notReadyDelay):
+				continue
+			}
+		}
 		if err != nil {
 			return nil, fmt.Errorf("qmp: dial %s: %w", path, err)
 		}

@@ -8,10 +8,12 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -582,4 +584,65 @@ func TestHandshakeHang(t *testing.T) {
 	if n := conns.Load(); n < 2 {
 		t.Errorf("Dial to a mute peer connected %d times, want at least 2", n)
 	}
+}
+
+// TestDialBacklogFull: QEMU listens with a backlog of one; while
+// connections it has not accepted fill it, a connect fails with EAGAIN,
+// and Dial tries again until QEMU accepts.
+func TestDialBacklogFull(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "backlog.sock")
+	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Bind(fd, &syscall.SockaddrUnix{Name: path}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.FileListener(os.NewFile(uintptr(fd), path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	// Fill the backlog with connections nobody accepts yet.
+	var fillers []net.Conn
+	for {
+		c, err := net.Dial("unix", path)
+		if err != nil {
+			if !errors.Is(err, syscall.EAGAIN) {
+				t.Fatalf("filling the backlog: %v", err)
+			}
+			break
+		}
+		fillers = append(fillers, c)
+		if len(fillers) > 8 {
+			t.Skip("the kernel queues more connections than the backlog asks")
+		}
+	}
+	defer func() {
+		for _, c := range fillers {
+			c.Close()
+		}
+	}()
+	go func() {
+		time.Sleep(150 * time.Millisecond)
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			f := &fakeConn{t: t, nc: nc, br: bufio.NewReader(nc)}
+			go func() {
+				defer nc.Close()
+				f.answerAll()
+			}()
+		}
+	}()
+	c, err := Dial(testCtx(t, 10*time.Second), path, Options{})
+	if err != nil {
+		t.Fatalf("Dial while the backlog was full: %v", err)
+	}
+	c.Close()
 }
