@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -509,5 +510,32 @@ func TestBitmapKill9(t *testing.T) {
 	}
 	if err != nil {
 		t.Errorf("after the daemon died: %v", err)
+	}
+	// It quit cleanly (SIGTERM): the bitmaps it had loaded for writing
+	// are stored as they were, consistent, and nothing leaked.
+	if out, err := exec.Command("qemu-img", "check", filepath.Join(dir, "img.qcow2")).CombinedOutput(); err != nil {
+		t.Errorf("qemu-img check after the kill: %v\n%s", err, out)
+	}
+	var info struct {
+		Format struct {
+			Data struct {
+				Bitmaps []struct {
+					Name  string   `json:"name"`
+					Flags []string `json:"flags"`
+				} `json:"bitmaps"`
+			} `json:"data"`
+		} `json:"format-specific"`
+	}
+	out, err := exec.Command("qemu-img", "info", "--output=json", filepath.Join(dir, "img.qcow2")).Output()
+	if err != nil || json.Unmarshal(out, &info) != nil {
+		t.Fatalf("qemu-img info: %v\n%s", err, out)
+	}
+	for _, b := range info.Format.Data.Bitmaps {
+		if slices.Contains(b.Flags, "in-use") {
+			t.Errorf("bitmap %s is left in use (inconsistent) by the killed qchain's daemon: %s", b.Name, out)
+		}
+	}
+	if len(info.Format.Data.Bitmaps) != 2 {
+		t.Errorf("bitmaps after the kill: %s, want b0 and off as they were", out)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 
 	"github.com/qchain/qchain/chain/blockjob"
 	"github.com/qchain/qchain/qcow2"
@@ -127,7 +128,12 @@ func applyOffline(ctx context.Context, image string, req Request, opts Options) 
 	}
 	p.Request = req
 
-	t, err := blockjob.Open(ctx, blockjob.TargetOptions{Image: image, StorageDaemon: opts.StorageDaemon, Notes: opts.Notes, DieWithParent: true})
+	// A killed qchain must not leave the image locked, and the daemon
+	// has every persistent bitmap of the image loaded for writing (in
+	// use in the file): killed with qchain it would leave them all
+	// inconsistent, and leaked clusters. It is sent SIGTERM: it finishes
+	// the transaction it runs, if any, stores the bitmaps and quits.
+	t, err := blockjob.Open(ctx, blockjob.TargetOptions{Image: image, StorageDaemon: opts.StorageDaemon, Notes: opts.Notes, DieWithParent: true, DeathSignal: syscall.SIGTERM})
 	if err != nil {
 		return nil, err
 	}

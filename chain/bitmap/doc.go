@@ -9,8 +9,10 @@
 // does not exist at that point, an add of one that does, the use of an
 // inconsistent one), so that a refused request changes nothing. Apply
 // observes, plans and runs: offline through a private qemu-storage-daemon
-// (the one chain/blockjob starts for offline jobs, here killed with its
-// parent: a killed qchain leaves no daemon holding the image), which stores the
+// (the one chain/blockjob starts for offline jobs, here sent SIGTERM when
+// its parent dies: a killed qchain leaves no daemon holding the image, and
+// the daemon finishes its transaction and stores the image's bitmaps
+// consistent before it quits), which stores the
 // bitmaps in the file when it closes it, after which Apply reads them back
 // natively and checks them; live through the QMP monitor of the QEMU that
 // has the disk open, which stores them when it closes the image. Either

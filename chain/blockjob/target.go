@@ -56,6 +56,9 @@ type TargetOptions struct {
 	// False keeps the block-job commands' daemon running, so that a
 	// killed qchain's job is found and finished by the next one.
 	DieWithParent bool
+	// DeathSignal is the signal DieWithParent sends (see
+	// qmp.StorageDaemonOptions); zero means SIGKILL.
+	DeathSignal syscall.Signal
 }
 
 // Target is where block jobs run: the QMP monitor of a running QEMU
@@ -91,7 +94,7 @@ func Open(ctx context.Context, opts TargetOptions) (*Target, error) {
 	if binary == "" {
 		binary = qmp.StorageDaemonBinary
 	}
-	t, err := startOffline(ctx, opts.Image, binary, opts.DieWithParent)
+	t, err := startOffline(ctx, opts.Image, binary, opts.DieWithParent, opts.DeathSignal)
 	if err != nil {
 		return nil, err
 	}
@@ -169,7 +172,7 @@ func dial(ctx context.Context, socket string) (*qmp.Conn, error) {
 }
 
 // startOffline opens image's chain in a private qemu-storage-daemon.
-func startOffline(ctx context.Context, image, binary string, dieWithParent bool) (*Target, error) {
+func startOffline(ctx context.Context, image, binary string, dieWithParent bool, deathSignal syscall.Signal) (*Target, error) {
 	abs, err := filepath.Abs(image)
 	if err != nil {
 		return nil, err
@@ -186,7 +189,7 @@ func startOffline(ctx context.Context, image, binary string, dieWithParent bool)
 	}
 	sctx, cancel := context.WithTimeout(ctx, daemonStartTimeout)
 	defer cancel()
-	d, err := qmp.StartStorageDaemon(sctx, qmp.StorageDaemonOptions{Binary: binary, Blockdevs: devs, DieWithParent: dieWithParent})
+	d, err := qmp.StartStorageDaemon(sctx, qmp.StorageDaemonOptions{Binary: binary, Blockdevs: devs, DieWithParent: dieWithParent, DeathSignal: deathSignal})
 	if err != nil {
 		if errors.Is(err, qmp.ErrNoBinary) {
 			return nil, fmt.Errorf("%s: offline jobs need qemu-storage-daemon, and %q was not found (install Debian's qemu-system-common, give --storage-daemon BINARY, or --qmp SOCKET for a running VM)", image, binary)
