@@ -564,9 +564,11 @@ func TestSnapshotCLIKill9(t *testing.T) {
 	e.q.IO("qcow2", "big.qcow2", "write -q -P 0x01 0 16M")
 	e.ok("vm", "define", "--disk", "vda=big.qcow2", "vm1")
 	e.ok("snapshot", "create", "vm1", "s1")
-	e.q.IO("qcow2", e.active("vm1", "vda"), "write -q -P 0x02 0 160M")
+	e.q.IO("qcow2", e.active("vm1", "vda"), "write -q -P 0x02 1M 1M")
 	e.ok("snapshot", "create", "vm1", "s2")
-	e.q.IO("qcow2", e.active("vm1", "vda"), "write -q -P 0x03 1M 1M")
+	// s3's file: what the commit below copies, long enough to be killed
+	// in the middle of.
+	e.q.IO("qcow2", e.active("vm1", "vda"), "write -q -P 0x03 0 160M")
 	e.ok("snapshot", "create", "vm1", "s3")
 	// The guest's views, to compare after recovery.
 	tmp := t.TempDir()
@@ -664,6 +666,7 @@ func TestSnapshotCLIKill9(t *testing.T) {
 	if tree := e.ok("snapshot", "list", "--tree", "vm1"); tree != "s1\n  s3  (current)\n" {
 		t.Errorf("after recovery: %s", tree)
 	}
+
 	if orphan && res.ExitCode == 0 {
 		t.Errorf("the killed qchain's qemu-storage-daemon (pids %v) still runs after recover, holding the images open", daemons)
 	}
