@@ -516,26 +516,13 @@ func TestBitmapKill9(t *testing.T) {
 	if out, err := exec.Command("qemu-img", "check", filepath.Join(dir, "img.qcow2")).CombinedOutput(); err != nil {
 		t.Errorf("qemu-img check after the kill: %v\n%s", err, out)
 	}
-	var info struct {
-		Format struct {
-			Data struct {
-				Bitmaps []struct {
-					Name  string   `json:"name"`
-					Flags []string `json:"flags"`
-				} `json:"bitmaps"`
-			} `json:"data"`
-		} `json:"format-specific"`
-	}
-	out, err := exec.Command("qemu-img", "info", "--output=json", filepath.Join(dir, "img.qcow2")).Output()
-	if err != nil || json.Unmarshal(out, &info) != nil {
-		t.Fatalf("qemu-img info: %v\n%s", err, out)
-	}
-	for _, b := range info.Format.Data.Bitmaps {
+	bms := qemuBitmaps(t, dir, "img.qcow2")
+	for _, b := range bms {
 		if slices.Contains(b.Flags, "in-use") {
-			t.Errorf("bitmap %s is left in use (inconsistent) by the killed qchain's daemon: %s", b.Name, out)
+			t.Errorf("bitmap %s is left in use (inconsistent) by the killed qchain's daemon: %+v", b.Name, bms)
 		}
 	}
-	if len(info.Format.Data.Bitmaps) != 2 {
-		t.Errorf("bitmaps after the kill: %s, want b0 and off as they were", out)
+	if len(bms) != 2 {
+		t.Errorf("bitmaps after the kill: %+v, want b0 and off as they were", bms)
 	}
 }
